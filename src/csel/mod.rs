@@ -1,0 +1,289 @@
+//! CSEL, the Nexus content selector language: parse, validate, print and
+//! evaluate expressions such as `format == "docker" and path =^ "/v2/library/"`.
+//!
+//! This module knows nothing of HTTP or files: it evaluates an expression
+//! against four strings ([`Facts`]).
+
+mod build;
+mod pattern;
+mod print;
+
+use std::sync::Arc;
+
+pub use build::MAX_NESTING;
+pub(crate) use build::{build_expression, check_nesting, unescape as unescape_literal, BuildContext};
+pub use pattern::Pattern;
+
+use crate::diagnostic::Diagnostic;
+use crate::grammar::{Grammar, Rule};
+use pest::Parser;
+
+/// The values an expression is evaluated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub format: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    /// `None` for anonymous requests (`user` then reads `"anonymous"`, and an
+    /// expression that uses `${user}` never matches).
+    pub user: Option<&'a str>,
+}
+
+/// What the variable `user` holds for anonymous requests.
+pub const ANONYMOUS: &str = "anonymous";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variable {
+    Format,
+    Path,
+    Method,
+    User,
+}
+
+impl Variable {
+    pub const NAMES: [&'static str; 4] = ["format", "path", "method", "user"];
+
+    pub fn from_name(name: &str) -> Option<Variable> {
+        Some(match name {
+            "format" => Variable::Format,
+            "path" => Variable::Path,
+            "method" => Variable::Method,
+            "user" => Variable::User,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variable::Format => "format",
+            Variable::Path => "path",
+            Variable::Method => "method",
+            Variable::User => "user",
+        }
+    }
+
+    fn value<'a>(self, facts: &Facts<'a>) -> &'a str {
+        match self {
+            Variable::Format => facts.format,
+            Variable::Path => facts.path,
+            Variable::Method => facts.method,
+            Variable::User => facts.user.unwrap_or(ANONYMOUS),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    /// `==`
+    Equals,
+    /// `!=`
+    NotEquals,
+    /// `=~`: the whole value matches a Java-syntax regex.
+    Matches,
+    /// `=^`: literal prefix.
+    StartsWith,
+}
+
+impl CompareOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CompareOp::Equals => "==",
+            CompareOp::NotEquals => "!=",
+            CompareOp::Matches => "=~",
+            CompareOp::StartsWith => "=^",
+        }
+    }
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    Variable(Variable),
+    /// A string literal, escapes already applied; may contain `${user}`.
+    Text(String),
+}
+
+impl Operand {
+    fn uses_user_template(&self) -> bool {
+        matches!(self, Operand::Text(t) if t.contains(pattern::USER_TEMPLATE))
+    }
+
+    fn resolve<'a>(&'a self, facts: &Facts<'a>) -> std::borrow::Cow<'a, str> {
+        match self {
+            Operand::Variable(v) => v.value(facts).into(),
+            Operand::Text(t) if t.contains(pattern::USER_TEMPLATE) => {
+                t.replace(pattern::USER_TEMPLATE, facts.user.unwrap_or_default()).into()
+            }
+            Operand::Text(t) => t.as_str().into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub left: Operand,
+    pub op: CompareOp,
+    pub right: Operand,
+    /// The compiled right side of `=~` (always a literal there).
+    pub pattern: Option<Arc<Pattern>>,
+}
+
+impl Comparison {
+    fn evaluate(&self, facts: &Facts) -> bool {
+        let left = self.left.resolve(facts);
+        match self.op {
+            CompareOp::Matches => match &self.pattern {
+                Some(pattern) => pattern.matches(&left, facts.user),
+                None => false,
+            },
+            CompareOp::Equals => left == self.right.resolve(facts),
+            CompareOp::NotEquals => left != self.right.resolve(facts),
+            CompareOp::StartsWith => left.starts_with(&*self.right.resolve(facts)),
+        }
+    }
+}
+
+/// The syntax tree. Parentheses leave no node of their own; `Or` and `And`
+/// hold two or more children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Or(Vec<Expr>),
+    And(Vec<Expr>),
+    Not(Box<Expr>),
+    Compare(Comparison),
+}
+
+impl Expr {
+    fn evaluate(&self, facts: &Facts) -> bool {
+        match self {
+            Expr::Or(children) => children.iter().any(|c| c.evaluate(facts)),
+            Expr::And(children) => children.iter().all(|c| c.evaluate(facts)),
+            Expr::Not(inner) => !inner.evaluate(facts),
+            Expr::Compare(comparison) => comparison.evaluate(facts),
+        }
+    }
+
+    fn uses_user_template(&self) -> bool {
+        match self {
+            Expr::Or(children) | Expr::And(children) => children.iter().any(Expr::uses_user_template),
+            Expr::Not(inner) => inner.uses_user_template(),
+            Expr::Compare(c) => c.left.uses_user_template() || c.right.uses_user_template(),
+        }
+    }
+
+    /// Every comparison, in source order.
+    pub fn comparisons(&self) -> Vec<&Comparison> {
+        let mut out = Vec::new();
+        self.collect_comparisons(&mut out);
+        out
+    }
+
+    fn collect_comparisons<'a>(&'a self, out: &mut Vec<&'a Comparison>) {
+        match self {
+            Expr::Or(children) | Expr::And(children) => children.iter().for_each(|c| c.collect_comparisons(out)),
+            Expr::Not(inner) => inner.collect_comparisons(out),
+            Expr::Compare(c) => out.push(c),
+        }
+    }
+}
+
+/// A validated expression, ready to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expression {
+    root: Expr,
+    uses_user: bool,
+}
+
+impl Expression {
+    pub(crate) fn new(root: Expr) -> Expression {
+        let uses_user = root.uses_user_template();
+        Expression { root, uses_user }
+    }
+
+    /// Parses and validates one expression (the whole text).
+    pub fn parse(text: &str) -> Result<Expression, Diagnostic> {
+        Self::parse_named("<expression>", text)
+    }
+
+    /// As [`Expression::parse`], naming the source in errors.
+    pub fn parse_named(source_name: &str, text: &str) -> Result<Expression, Diagnostic> {
+        check_nesting(source_name, text, false)?;
+        let ctx = BuildContext {
+            file: source_name,
+            source: text,
+        };
+        let mut pairs = Grammar::parse(Rule::expression, text).map_err(|e| ctx.syntax_error(e))?;
+        let Some(expression) = pairs.next() else {
+            return Err(Diagnostic::at(source_name, text, 0, 0, "expected an expression"));
+        };
+        let Some(or_expr) = expression.into_inner().find(|p| p.as_rule() == Rule::or_expr) else {
+            return Err(Diagnostic::at(source_name, text, 0, 0, "expected an expression"));
+        };
+        build_expression(&ctx, or_expr).map(Expression::new)
+    }
+
+    /// Does the request described by `facts` match?
+    pub fn matches(&self, facts: &Facts) -> bool {
+        if self.uses_user && facts.user.is_none() {
+            return false;
+        }
+        self.root.evaluate(facts)
+    }
+
+    pub fn root(&self) -> &Expr {
+        &self.root
+    }
+
+    /// Whether a string literal of the expression contains `text`.
+    pub fn mentions(&self, text: &str) -> bool {
+        self.root.comparisons().iter().any(|c| {
+            [&c.left, &c.right]
+                .iter()
+                .any(|o| matches!(o, Operand::Text(t) if t.contains(text)))
+        })
+    }
+
+    /// Whether the expression contains `${user}` (and so never matches
+    /// anonymous requests).
+    pub fn uses_user_template(&self) -> bool {
+        self.uses_user
+    }
+}
+
+impl std::fmt::Display for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.root.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(path: &str) -> Facts<'_> {
+        Facts {
+            format: "docker",
+            path,
+            method: "GET",
+            user: Some("alice"),
+        }
+    }
+
+    #[test]
+    fn precedence_and_binds_tighter() {
+        let e = Expression::parse(r#"path == "a" or path == "b" and format == "npm""#).unwrap();
+        assert!(e.matches(&facts("a")));
+        assert!(!e.matches(&facts("b")));
+    }
+
+    #[test]
+    fn anonymous_never_matches_user_template() {
+        let e = Expression::parse(r#"not path =^ "/v2/${user}/""#).unwrap();
+        let anon = Facts {
+            user: None,
+            ..facts("/v2/x/")
+        };
+        assert!(!e.matches(&anon));
+        assert!(e.matches(&facts("/v2/x/")));
+    }
+}

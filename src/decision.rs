@@ -1,0 +1,365 @@
+//! Allow or deny one request: canonical path, action from the method, the
+//! docker extras, then the grants that concern the subject.
+//!
+//! [`decide`] is the hot path and keeps only the reason; [`explain`] redoes
+//! the work for a person and says why each grant did or did not match.
+
+use std::fmt;
+
+use crate::csel::{Expr, Facts};
+use crate::request::{canonicalize, DockerRoute};
+use crate::rules::{Action, Grant, Rules, Target};
+
+/// The original request, as nginx describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest<'a> {
+    /// `X-Original-Method`.
+    pub method: &'a str,
+    /// `X-Original-URI`: path and query exactly as the client sent them.
+    pub uri: &'a str,
+    /// `X-Repository-Format`, or the configured default.
+    pub format: &'a str,
+    /// `X-Original-Content-Type`: needed to refuse form-bodied mounts.
+    pub content_type: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Reason,
+    /// The canonical path, when the request got that far.
+    pub path: Option<String>,
+    pub action: Option<Action>,
+    pub docker: Option<DockerRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Allowed by this grant.
+    Granted { line: usize, grant: String },
+    /// `/v2/` is open to every authenticated user: it is how `docker login`
+    /// checks credentials, and it reveals nothing.
+    PingForUsers,
+    /// No grant for this subject allows this action on this path.
+    NoGrant,
+    /// The path failed canonicalization.
+    BadPath(String),
+    /// A method that maps to no action.
+    UnknownMethod(String),
+    /// A blob-upload POST with a form body: the registry would read `from`
+    /// from a body csel-auth never sees.
+    FormBodyUpload,
+    /// Duplicate or malformed mount parameters.
+    BadMount(String),
+    /// A cross-repository mount from a repository the subject cannot read.
+    MountSourceDenied { from: String },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Granted { line, grant } => write!(f, "line {line}: {grant}"),
+            Reason::PingForUsers => f.write_str("the /v2/ ping is open to every authenticated user"),
+            Reason::NoGrant => f.write_str("no grant allows it"),
+            Reason::BadPath(why) => write!(f, "refused path: {why}"),
+            Reason::UnknownMethod(m) => write!(f, "method {m} maps to no action"),
+            Reason::FormBodyUpload => {
+                f.write_str("blob upload with a form body (the registry would read `from` from it)")
+            }
+            Reason::BadMount(why) => write!(f, "refused mount: {why}"),
+            Reason::MountSourceDenied { from } => write!(f, "mount source {from} is not readable"),
+        }
+    }
+}
+
+fn deny(reason: Reason) -> Decision {
+    Decision {
+        allowed: false,
+        reason,
+        path: None,
+        action: None,
+        docker: None,
+    }
+}
+
+/// Decides one request for `user` (`None`: anonymous).
+pub fn decide(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Decision {
+    let target = match canonicalize(request.uri, request.format) {
+        Ok(target) => target,
+        Err(rejection) => return deny(Reason::BadPath(rejection.reason)),
+    };
+    let Some(action) = Action::from_method(request.method) else {
+        return deny(Reason::UnknownMethod(request.method.chars().take(32).collect()));
+    };
+    let mut decision = Decision {
+        allowed: false,
+        reason: Reason::NoGrant,
+        path: None,
+        action: Some(action),
+        docker: target.docker.clone(),
+    };
+    let facts = Facts {
+        format: request.format,
+        path: &target.path,
+        method: request.method,
+        user,
+    };
+
+    if let Some(reason) = docker_refusal(rules, user, request, &target) {
+        decision.reason = reason;
+    } else if user.is_some() && target.docker == Some(DockerRoute::Base) {
+        decision.allowed = true;
+        decision.reason = Reason::PingForUsers;
+    } else if let Some(grant) = rules.find_grant(user, action, &facts) {
+        decision.allowed = true;
+        decision.reason = granted(grant);
+    }
+    decision.path = Some(target.path);
+    decision
+}
+
+fn granted(grant: &Grant) -> Reason {
+    Reason::Granted {
+        line: grant.line,
+        grant: grant.text.clone(),
+    }
+}
+
+/// The docker-specific refusals of a blob-upload start (form body, mount
+/// parameters, mount source), if any.
+fn docker_refusal(
+    rules: &Rules,
+    user: Option<&str>,
+    request: &AccessRequest,
+    target: &crate::request::RequestTarget,
+) -> Option<Reason> {
+    if !matches!(target.docker, Some(DockerRoute::BlobUploadStart { .. })) {
+        return None;
+    }
+    if request.method == "POST" && request.content_type.is_some_and(is_form_content_type) {
+        return Some(Reason::FormBodyUpload);
+    }
+    match target.mount() {
+        Err(rejection) => Some(Reason::BadMount(rejection.reason)),
+        Ok(None) => None,
+        Ok(Some(mount)) => {
+            let source = mount.source_blob_path();
+            let facts = Facts {
+                format: request.format,
+                path: &source,
+                method: "GET",
+                user,
+            };
+            match rules.find_grant(user, Action::Read, &facts) {
+                Some(_) => None,
+                None => Some(Reason::MountSourceDenied { from: mount.from }),
+            }
+        }
+    }
+}
+
+/// Content types whose body Go's `FormValue` would parse.
+fn is_form_content_type(content_type: &str) -> bool {
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media_type == "application/x-www-form-urlencoded" || media_type == "multipart/form-data"
+}
+
+/// Why one grant did or did not match, for `explain`.
+#[derive(Debug, Clone)]
+pub struct GrantCheck {
+    pub line: usize,
+    pub grant: String,
+    pub subject_ok: bool,
+    pub action_ok: bool,
+    /// Each target with whether it matched, and the comparisons inside it
+    /// with their values.
+    pub targets: Vec<TargetCheck>,
+}
+
+impl GrantCheck {
+    pub fn matched(&self) -> bool {
+        self.subject_ok && self.action_ok && self.targets.iter().any(|t| t.matched)
+    }
+
+    /// Larger is closer to matching.
+    fn closeness(&self) -> u8 {
+        u8::from(self.subject_ok) * 4 + u8::from(self.action_ok) * 2 + u8::from(self.targets.iter().any(|t| t.matched))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetCheck {
+    pub text: String,
+    pub matched: bool,
+    pub comparisons: Vec<(String, bool)>,
+}
+
+/// A decision with the work shown.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    /// Grants that allowed the request (all of them, not only the first).
+    pub matched: Vec<GrantCheck>,
+    /// When denied: the grants that came closest, closest first.
+    pub closest: Vec<GrantCheck>,
+}
+
+/// How many near misses `explain` shows.
+const CLOSEST_SHOWN: usize = 5;
+
+/// Decides like [`decide`] and records why every grant did or did not match.
+pub fn explain(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Explanation {
+    let decision = decide(rules, user, request);
+    let mut explanation = Explanation {
+        user: user.map(str::to_string),
+        groups: user
+            .map(|u| rules.groups_of(u).map(str::to_string).collect())
+            .unwrap_or_default(),
+        matched: Vec::new(),
+        closest: Vec::new(),
+        decision,
+    };
+    let (Some(path), Some(action)) = (explanation.decision.path.clone(), explanation.decision.action) else {
+        return explanation;
+    };
+    let facts = Facts {
+        format: request.format,
+        path: &path,
+        method: request.method,
+        user,
+    };
+    let mut checks: Vec<GrantCheck> = rules
+        .grants()
+        .iter()
+        .map(|g| check_grant(rules, g, user, action, &facts))
+        .collect();
+    let (matched, mut missed): (Vec<_>, Vec<_>) = checks.drain(..).partition(GrantCheck::matched);
+    explanation.matched = matched;
+    if !explanation.decision.allowed {
+        missed.sort_by_key(|c| std::cmp::Reverse(c.closeness()));
+        missed.truncate(CLOSEST_SHOWN);
+        explanation.closest = missed;
+    }
+    explanation
+}
+
+fn check_grant(rules: &Rules, grant: &Grant, user: Option<&str>, action: Action, facts: &Facts) -> GrantCheck {
+    GrantCheck {
+        line: grant.line,
+        grant: grant.text.clone(),
+        subject_ok: grant.subjects.iter().any(|s| rules.subject_includes(s, user)),
+        action_ok: grant.actions.contains(action),
+        targets: grant
+            .targets
+            .iter()
+            .map(|t| TargetCheck {
+                text: rules.target_text(t),
+                matched: rules.target_matches(t, facts),
+                comparisons: target_comparisons(rules, t, facts),
+            })
+            .collect(),
+    }
+}
+
+fn target_comparisons(rules: &Rules, target: &Target, facts: &Facts) -> Vec<(String, bool)> {
+    let expression = match target {
+        Target::Everything => return Vec::new(),
+        Target::Selector(i) => &rules.selectors()[*i].expression,
+        Target::Inline(e) => e,
+    };
+    expression
+        .root()
+        .comparisons()
+        .into_iter()
+        .map(|c| {
+            let single = crate::csel::Expression::new(Expr::Compare(c.clone()));
+            (c.to_string(), single.matches(facts))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+selector library  = format == "docker" and path =^ "/v2/library/"
+selector coolteam = format == "docker" and path =^ "/v2/coolteam/"
+selector personal = path =^ "/v2/${user}/"
+group coolteam = alice, bob
+group admins = "admin-parente"
+grant pull on library to anonymous
+grant push on coolteam to @coolteam
+grant * on personal to authenticated
+grant * on * to @admins
+"#;
+
+    fn rules() -> Rules {
+        Rules::parse("t.rules", RULES).unwrap()
+    }
+
+    fn check(user: Option<&str>, method: &str, uri: &str) -> Decision {
+        decide(
+            &rules(),
+            user,
+            &AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            },
+        )
+    }
+
+    #[test]
+    fn seed_cases() {
+        assert!(check(None, "GET", "/v2/library/alpine/manifests/3").allowed);
+        assert!(!check(None, "PUT", "/v2/library/alpine/manifests/3").allowed);
+        assert!(!check(None, "GET", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(check(Some("alice"), "PUT", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(!check(Some("alice"), "DELETE", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(!check(Some("carol"), "GET", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(check(Some("carol"), "GET", "/v2/library/alpine/tags/list").allowed);
+        assert!(check(Some("carol"), "DELETE", "/v2/carol/x/manifests/1").allowed);
+        assert!(!check(Some("carol"), "GET", "/v2/alice/x/manifests/1").allowed);
+        assert!(check(Some("admin-parente"), "DELETE", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(
+            !check(Some("admin-parente"), "GET", "/v2/_catalog").allowed,
+            "* does not reach the catalog"
+        );
+        assert!(check(Some("carol"), "GET", "/v2/").allowed);
+        assert!(!check(None, "GET", "/v2/").allowed);
+        assert!(!check(Some("alice"), "TRACE", "/v2/coolteam/app/manifests/1").allowed);
+        assert!(!check(Some("alice"), "GET", "/v2/coolteam/../secret/x/manifests/1").allowed);
+    }
+
+    #[test]
+    fn mount_needs_read_on_source() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let ok = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=library/alpine");
+        assert!(check(Some("alice"), "POST", &ok).allowed);
+        let secret = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=secret/x");
+        let d = check(Some("alice"), "POST", &secret);
+        assert_eq!(
+            d.reason,
+            Reason::MountSourceDenied {
+                from: "secret/x".into()
+            }
+        );
+        let dup = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=library/alpine&from=secret/x");
+        assert!(matches!(check(Some("alice"), "POST", &dup).reason, Reason::BadMount(_)));
+        let form = decide(
+            &rules(),
+            Some("alice"),
+            &AccessRequest {
+                method: "POST",
+                uri: "/v2/coolteam/app/blobs/uploads/",
+                format: "docker",
+                content_type: Some("application/x-www-form-urlencoded"),
+            },
+        );
+        assert_eq!(form.reason, Reason::FormBodyUpload);
+    }
+}

@@ -1,0 +1,152 @@
+//! Errors that point into a source text: `file:line:column`, the line, a caret
+//! under the problem, and what was expected.
+
+use std::fmt;
+
+/// A problem found in a source text (a rules file or a lone expression).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// File name as the user gave it; `<expression>` for a lone expression.
+    pub file: String,
+    /// 1-based line and column (column counted in characters).
+    pub line: usize,
+    pub column: usize,
+    /// The whole source line the problem is on, without its line ending.
+    pub line_text: String,
+    /// How many characters to underline (at least 1).
+    pub width: usize,
+    pub message: String,
+    /// An extra hint (`did you mean …`, the list of valid words).
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// A diagnostic for the byte range `start..end` of `source`.
+    pub fn at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
+        let start = floor_char_boundary(source, start.min(source.len()));
+        let end = floor_char_boundary(source, end.clamp(start, source.len()));
+        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
+        let line = source[..start].matches('\n').count() + 1;
+        let column = source[line_start..start].chars().count() + 1;
+        let width = source[start..end.min(line_end).max(start)].chars().count().max(1);
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            line_text: source[line_start..line_end].trim_end_matches('\r').to_string(),
+            width,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let number = self.line.to_string();
+        let pad = " ".repeat(number.len());
+        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.column)?;
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{number} | {}", self.line_text.replace('\t', " "))?;
+        let lead: String = self
+            .line_text
+            .chars()
+            .take(self.column - 1)
+            .map(|c| if c == '\t' { ' ' } else { c })
+            .map(|c| if c.is_whitespace() { c } else { ' ' })
+            .collect();
+        write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
+        if let Some(help) = &self.help {
+            write!(f, "\n{pad} = help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// All the problems of one source, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a
+/// likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= c.chars().count().max(word.chars().count()).div_ceil(3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caret_points_at_the_column() {
+        let src = "selector a = path == \"x\"\ngrant pull on libary to anonymous\n";
+        let start = src.find("libary").unwrap();
+        let d = Diagnostic::at("r.rules", src, start, start + 6, "unknown selector `libary`");
+        assert_eq!((d.line, d.column, d.width), (2, 15, 6));
+        let shown = d.to_string();
+        assert!(shown.contains("--> r.rules:2:15"), "{shown}");
+        assert!(shown.ends_with("  |               ^^^^^^"), "{shown}");
+    }
+
+    #[test]
+    fn suggestions_only_for_near_misses() {
+        assert_eq!(did_you_mean("libary", ["library", "coolteam"]), Some("library"));
+        assert_eq!(did_you_mean("zzz", ["library", "coolteam"]), None);
+    }
+}

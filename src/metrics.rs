@@ -1,0 +1,223 @@
+//! Counters for `/metrics`, in the Prometheus text format. Plain atomics: a
+//! handful of series does not need a metrics library.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the decision latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 0.5, 1.0,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    /// Denied for an anonymous subject or bad credentials: 401.
+    Unauthorized,
+    /// Denied for a known subject: 403.
+    Forbidden,
+    /// Malformed or misconfigured request: 403 or 500.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Allowed,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    Rules,
+    Htpasswd,
+}
+
+impl Watched {
+    pub fn label(self) -> &'static str {
+        match self {
+            Watched::Rules => "rules",
+            Watched::Htpasswd => "htpasswd",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct FileMetrics {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// 1 while the file on disk is not the version in force (it failed to load).
+    pub last_reload_failed: AtomicU64,
+    /// Number of the version in force (1 at start).
+    pub version: AtomicU64,
+    /// Unix time the version in force was loaded.
+    pub loaded_at: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    decisions: [AtomicU64; 4],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_nanos: AtomicU64,
+    pub rules: FileMetrics,
+    pub htpasswd: FileMetrics,
+    pub tokens_issued: AtomicU64,
+    pub token_failures: AtomicU64,
+    pub throttled_logins: AtomicU64,
+}
+
+impl Metrics {
+    pub fn file(&self, which: Watched) -> &FileMetrics {
+        match which {
+            Watched::Rules => &self.rules,
+            Watched::Htpasswd => &self.htpasswd,
+        }
+    }
+
+    pub fn record_decision(&self, outcome: Outcome, elapsed: Duration) {
+        self.decisions[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    pub fn decisions(&self, outcome: Outcome) -> u64 {
+        self.decisions[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition. `extra` adds the series owned by
+    /// other parts (bcrypt counters).
+    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP csel_auth_decisions_total Requests decided on /auth, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE csel_auth_decisions_total counter");
+        for outcome in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "csel_auth_decisions_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                self.decisions(outcome)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP csel_auth_decision_duration_seconds Time to answer /auth, bcrypt included."
+        );
+        let _ = writeln!(out, "# TYPE csel_auth_decision_duration_seconds histogram");
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "csel_auth_decision_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "csel_auth_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.latency_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "csel_auth_decision_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "csel_auth_decision_duration_seconds_count {count}");
+
+        for (name, help, kind) in [
+            ("reloads_total", "Reloads of a watched file, by result.", "counter"),
+            (
+                "reload_failing",
+                "1 while the file on disk failed to load and an older version is in force.",
+                "gauge",
+            ),
+            (
+                "version",
+                "Number of the version in force (1 at start, +1 per successful reload).",
+                "gauge",
+            ),
+            (
+                "loaded_timestamp_seconds",
+                "Unix time the version in force was loaded.",
+                "gauge",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP csel_auth_{name} {help}");
+            let _ = writeln!(out, "# TYPE csel_auth_{name} {kind}");
+            for which in [Watched::Rules, Watched::Htpasswd] {
+                let f = self.file(which);
+                let file = which.label();
+                match name {
+                    "reloads_total" => {
+                        let ok = f.reloads_ok.load(Ordering::Relaxed);
+                        let failed = f.reloads_failed.load(Ordering::Relaxed);
+                        let _ = writeln!(out, "csel_auth_reloads_total{{file=\"{file}\",result=\"ok\"}} {ok}");
+                        let _ = writeln!(
+                            out,
+                            "csel_auth_reloads_total{{file=\"{file}\",result=\"failed\"}} {failed}"
+                        );
+                    }
+                    "reload_failing" => {
+                        let _ = writeln!(
+                            out,
+                            "csel_auth_reload_failing{{file=\"{file}\"}} {}",
+                            f.last_reload_failed.load(Ordering::Relaxed)
+                        );
+                    }
+                    "version" => {
+                        let _ = writeln!(
+                            out,
+                            "csel_auth_version{{file=\"{file}\"}} {}",
+                            f.version.load(Ordering::Relaxed)
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            out,
+                            "csel_auth_loaded_timestamp_seconds{{file=\"{file}\"}} {}",
+                            f.loaded_at.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+            }
+        }
+        let counters = [
+            (
+                "tokens_issued_total",
+                "Tokens issued by /token.",
+                self.tokens_issued.load(Ordering::Relaxed),
+            ),
+            (
+                "token_failures_total",
+                "Refused /token requests and invalid bearer tokens.",
+                self.token_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "throttled_logins_total",
+                "Failed logins answered after a delay.",
+                self.throttled_logins.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters.iter().copied().chain(extra.iter().copied()) {
+            let _ = writeln!(out, "# HELP csel_auth_{name} {help}");
+            let _ = writeln!(out, "# TYPE csel_auth_{name} counter");
+            let _ = writeln!(out, "csel_auth_{name} {value}");
+        }
+        out
+    }
+}

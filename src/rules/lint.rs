@@ -1,0 +1,169 @@
+//! Warnings for rules that load but are probably not what was meant — the
+//! classic mistakes of content selectors and registry auth.
+
+use std::fmt;
+
+use super::{Action, Rules, Subject, Target};
+use crate::csel::{CompareOp, Facts, Operand, Variable};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "warning: line {}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+pub struct LintOptions<'a> {
+    /// In token mode the `/v2/` ping always gets a challenge, so an
+    /// anonymous grant on it does no harm.
+    pub token_mode: bool,
+    /// The users of the htpasswd file, when one was given.
+    pub known_users: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+/// The warnings for `rules`, in line order.
+pub fn lint(rules: &Rules, options: &LintOptions) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+
+    let mut expressions: Vec<(usize, usize, &crate::csel::Expression)> = Vec::new();
+    for s in rules.selectors() {
+        expressions.push((s.line, s.column, &s.expression));
+    }
+    for g in rules.grants() {
+        for t in &g.targets {
+            if let Target::Inline(e) = t {
+                expressions.push((g.line, g.column, e));
+            }
+        }
+    }
+    for (line, column, expression) in expressions {
+        for c in expression.root().comparisons() {
+            if c.left != Operand::Variable(Variable::Path) {
+                continue;
+            }
+            let Operand::Text(text) = &c.right else { continue };
+            match c.op {
+                CompareOp::StartsWith if !text.ends_with('/') => warnings.push(Warning {
+                    line,
+                    column,
+                    message: format!(
+                        "`path =^ \"{text}\"` also matches paths such as `{text}x/…`: end a path prefix with `/`"
+                    ),
+                }),
+                CompareOp::Matches => {
+                    if let Some(why) = regex_trap(text) {
+                        warnings.push(Warning {
+                            line,
+                            column,
+                            message: format!("`path =~ \"{text}\"` {why}"),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    if !options.token_mode {
+        let ping = Facts {
+            format: "docker",
+            path: "/v2/",
+            method: "GET",
+            user: None,
+        };
+        if let Some(grant) = rules.find_grant(None, Action::Read, &ping) {
+            warnings.push(Warning {
+                line: grant.line,
+                column: grant.column,
+                message: format!(
+                    "anonymous can read `/v2/` through `{}`: docker then never sends credentials (no 401 challenge), so logged-in users are treated as anonymous. Use --token-realm for anonymous pull, or exclude `/v2/` from this grant",
+                    grant.text
+                ),
+            });
+        }
+    }
+
+    for (i, selector) in rules.selectors().iter().enumerate() {
+        let used = rules
+            .grants()
+            .iter()
+            .any(|g| g.targets.iter().any(|t| matches!(t, Target::Selector(s) if *s == i)));
+        if !used {
+            warnings.push(Warning {
+                line: selector.line,
+                column: selector.column,
+                message: format!("selector `{}` is not used by any grant", selector.name),
+            });
+        }
+    }
+
+    let group_names: Vec<&str> = rules.groups().iter().map(|g| g.name.as_str()).collect();
+    for grant in rules.grants() {
+        for subject in &grant.subjects {
+            if let Subject::User(user) = subject {
+                if group_names.contains(&user.as_str()) {
+                    warnings.push(Warning {
+                        line: grant.line,
+                        column: grant.column,
+                        message: format!("`{user}` is a user here; the group of that name is written `@{user}`"),
+                    });
+                }
+                if let Some(known) = options.known_users {
+                    if !known(user) {
+                        warnings.push(Warning {
+                            line: grant.line,
+                            column: grant.column,
+                            message: format!("user `{user}` is not in the htpasswd file"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(known) = options.known_users {
+        for group in rules.groups() {
+            for member in &group.members {
+                if !known(&member.name) {
+                    warnings.push(Warning {
+                        line: member.line,
+                        column: member.column,
+                        message: format!("`{}` (group `{}`) is not in the htpasswd file", member.name, group.name),
+                    });
+                }
+            }
+        }
+    }
+    warnings.sort_by_key(|w| (w.line, w.column));
+    warnings
+}
+
+/// Why a path regex is probably wrong, if it is.
+fn regex_trap(pattern: &str) -> Option<String> {
+    let body = pattern.trim_start_matches('^');
+    let anchored = pattern.starts_with('^') || (pattern.ends_with('$') && !pattern.ends_with("\\$"));
+    if anchored && !body.trim_end_matches('$').ends_with(".*") && !has_repetition(body) {
+        return Some(
+            "must match the whole path (as Java's String.matches): `^` and `$` are implied, and without `.*` it matches one exact path only".into(),
+        );
+    }
+    if !has_repetition(body) && body.ends_with('/') {
+        return Some(format!(
+            "matches only the exact path `{body}`: `=~` must match the whole path, so add `.*` to match what is below it"
+        ));
+    }
+    let first = body.chars().next();
+    if matches!(first, Some(c) if c.is_ascii_alphanumeric()) {
+        return Some("can never match: every path starts with `/`".into());
+    }
+    None
+}
+
+fn has_repetition(pattern: &str) -> bool {
+    pattern.contains(['*', '+', '?', '{', '|'])
+}

@@ -1,0 +1,387 @@
+//! The rules file: named selectors, groups of users, and grants of actions on
+//! targets to subjects. Parsed and validated as a whole; the result is
+//! immutable and indexed by subject so that a decision only looks at the
+//! grants that concern the requesting user.
+
+mod build;
+mod lint;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use lint::{lint, LintOptions, Warning};
+
+use crate::csel::{Expression, Facts};
+use crate::diagnostic::Diagnostics;
+
+/// Largest rules file accepted; far above 100k grants.
+pub const MAX_RULES_BYTES: u64 = 32 << 20;
+
+/// The four kinds of access, as Nexus names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Read,
+    Add,
+    Edit,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
+
+    /// Nexus's mapping of HTTP methods; any other method has no action and
+    /// is denied.
+    pub fn from_method(method: &str) -> Option<Action> {
+        Some(match method {
+            "GET" | "HEAD" | "OPTIONS" => Action::Read,
+            "POST" | "PATCH" => Action::Add,
+            "PUT" => Action::Edit,
+            "DELETE" => Action::Delete,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Add => "add",
+            Action::Edit => "edit",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of actions, as a grant lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    pub const ACTION_WORDS: &'static str = "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
+
+    /// `read`, `add`, `edit`, `delete`, `*`, and Docker's `pull` and `push`.
+    pub fn from_word(word: &str) -> Option<ActionSet> {
+        let actions: &[Action] = match word {
+            "read" | "pull" => &[Action::Read],
+            "add" => &[Action::Add],
+            "edit" => &[Action::Edit],
+            "delete" => &[Action::Delete],
+            "push" => &[Action::Read, Action::Add, Action::Edit],
+            "*" => &Action::ALL,
+            _ => return None,
+        };
+        Some(actions.iter().fold(ActionSet::default(), |set, a| set.with(*a)))
+    }
+
+    pub fn with(self, action: Action) -> ActionSet {
+        ActionSet(self.0 | action.bit())
+    }
+
+    pub fn union(self, other: ActionSet) -> ActionSet {
+        ActionSet(self.0 | other.0)
+    }
+
+    pub fn contains(self, action: Action) -> bool {
+        self.0 & action.bit() != 0
+    }
+}
+
+impl fmt::Display for ActionSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Action::ALL
+            .iter()
+            .filter(|a| self.contains(**a))
+            .map(|a| a.name())
+            .collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Everyone, logged in or not.
+    Anonymous,
+    /// Every valid user.
+    Authenticated,
+    User(String),
+    Group(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Anonymous => f.write_str("anonymous"),
+            Subject::Authenticated => f.write_str("authenticated"),
+            Subject::User(u) => f.write_str(u),
+            Subject::Group(g) => write!(f, "@{g}"),
+        }
+    }
+}
+
+/// What a grant applies to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `*`: every path (except `/v2/_catalog`, which only a target whose
+    /// expression names it reaches).
+    Everything,
+    /// A named selector (index into [`Rules::selectors`]).
+    Selector(usize),
+    /// A parenthesised expression written in the grant.
+    Inline(Arc<Expression>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SelectorDef {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+    pub expression: Arc<Expression>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupDef {
+    pub name: String,
+    pub line: usize,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Source position, for logs and `explain`.
+    pub line: usize,
+    pub column: usize,
+    /// The statement as written, whitespace folded.
+    pub text: String,
+    pub actions: ActionSet,
+    pub targets: Vec<Target>,
+    pub subjects: Vec<Subject>,
+}
+
+/// Validated, immutable rules.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    source_name: String,
+    selectors: Vec<SelectorDef>,
+    selector_by_name: HashMap<String, usize>,
+    groups: Vec<GroupDef>,
+    groups_of_user: HashMap<String, Vec<usize>>,
+    grants: Vec<Grant>,
+    index: GrantIndex,
+}
+
+/// Grant numbers by subject, so a decision's cost depends on the grants that
+/// concern the requesting user, not on the size of the file.
+#[derive(Debug, Clone, Default)]
+struct GrantIndex {
+    anonymous: Vec<u32>,
+    authenticated: Vec<u32>,
+    by_user: HashMap<String, Vec<u32>>,
+    by_group: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read rules file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("rules file {path} is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl Rules {
+    /// Parses and validates a rules file's text. `file_name` is used in
+    /// error messages.
+    pub fn parse(file_name: &str, text: &str) -> Result<Rules, Diagnostics> {
+        build::build(file_name, text)
+    }
+
+    /// Reads, parses and validates a rules file.
+    pub fn load(path: &Path) -> Result<Rules, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = read_bounded(path, MAX_RULES_BYTES).map_err(|e| match e {
+            ReadError::Io(source) => LoadError::Io {
+                path: shown.clone(),
+                source,
+            },
+            ReadError::TooLarge(size) => LoadError::TooLarge {
+                path: shown.clone(),
+                size,
+                limit: MAX_RULES_BYTES,
+            },
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let valid = String::from_utf8_lossy(&e.as_bytes()[..offset]).into_owned();
+            LoadError::Invalid(
+                crate::diagnostic::Diagnostic::at(
+                    &shown,
+                    &valid,
+                    offset,
+                    offset,
+                    "the rules file is not valid UTF-8 here",
+                )
+                .into(),
+            )
+        })?;
+        Rules::parse(&shown, &text).map_err(LoadError::Invalid)
+    }
+
+    /// Rules with no statement: everything is denied.
+    pub fn empty() -> Rules {
+        Rules {
+            source_name: "<empty>".into(),
+            selectors: Vec::new(),
+            selector_by_name: HashMap::new(),
+            groups: Vec::new(),
+            groups_of_user: HashMap::new(),
+            grants: Vec::new(),
+            index: GrantIndex::default(),
+        }
+    }
+
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    pub fn selectors(&self) -> &[SelectorDef] {
+        &self.selectors
+    }
+
+    pub fn selector(&self, name: &str) -> Option<&SelectorDef> {
+        self.selector_by_name.get(name).map(|i| &self.selectors[*i])
+    }
+
+    pub fn groups(&self) -> &[GroupDef] {
+        &self.groups
+    }
+
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// The names of the groups `user` belongs to.
+    pub fn groups_of(&self, user: &str) -> impl Iterator<Item = &str> {
+        self.groups_of_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|g| self.groups[*g].name.as_str())
+    }
+
+    /// The grants that apply to `user` (`None`: anonymous), each once.
+    pub fn grants_for(&self, user: Option<&str>) -> Vec<&Grant> {
+        let mut numbers: Vec<u32> = self.index.anonymous.clone();
+        if let Some(user) = user {
+            numbers.extend(&self.index.authenticated);
+            if let Some(own) = self.index.by_user.get(user) {
+                numbers.extend(own);
+            }
+            for group in self.groups_of_user.get(user).into_iter().flatten() {
+                numbers.extend(&self.index.by_group[*group]);
+            }
+            numbers.sort_unstable();
+            numbers.dedup();
+        }
+        numbers.into_iter().map(|n| &self.grants[n as usize]).collect()
+    }
+
+    /// The first grant (in file order among the user's grants) that allows
+    /// `action` on the request described by `facts`.
+    pub fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
+        let mut lists: Vec<&[u32]> = vec![&self.index.anonymous];
+        if let Some(user) = user {
+            lists.push(&self.index.authenticated);
+            if let Some(own) = self.index.by_user.get(user) {
+                lists.push(own);
+            }
+            for group in self.groups_of_user.get(user).into_iter().flatten() {
+                lists.push(&self.index.by_group[*group]);
+            }
+        }
+        lists
+            .into_iter()
+            .flatten()
+            .map(|n| &self.grants[*n as usize])
+            .find(|grant| grant.actions.contains(action) && self.target_matches_any(grant, facts))
+    }
+
+    /// Whether one of the grant's targets matches.
+    pub fn target_matches_any(&self, grant: &Grant, facts: &Facts) -> bool {
+        grant.targets.iter().any(|t| self.target_matches(t, facts))
+    }
+
+    pub fn target_matches(&self, target: &Target, facts: &Facts) -> bool {
+        let expression = match target {
+            Target::Everything => return facts.path != crate::CATALOG_PATH,
+            Target::Selector(i) => &self.selectors[*i].expression,
+            Target::Inline(expression) => expression,
+        };
+        // The catalog lists every repository: a target reaches it only when
+        // its expression names it, never through a broad match.
+        if facts.path == crate::CATALOG_PATH && !expression.mentions(crate::CATALOG_PATH) {
+            return false;
+        }
+        expression.matches(facts)
+    }
+
+    /// How a target is written in the file.
+    pub fn target_text(&self, target: &Target) -> String {
+        match target {
+            Target::Everything => "*".into(),
+            Target::Selector(i) => self.selectors[*i].name.clone(),
+            Target::Inline(expression) => format!("({expression})"),
+        }
+    }
+
+    /// Whether `subject` names `user` (`None`: anonymous).
+    pub fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
+        match (subject, user) {
+            (Subject::Anonymous, _) => true,
+            (_, None) => false,
+            (Subject::Authenticated, Some(_)) => true,
+            (Subject::User(name), Some(user)) => name == user,
+            (Subject::Group(group), Some(user)) => self.groups_of(user).any(|g| g == group),
+        }
+    }
+}
+
+pub(crate) enum ReadError {
+    Io(std::io::Error),
+    TooLarge(u64),
+}
+
+/// Reads a whole file, refusing one larger than `limit` without reading it.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let size = file.metadata().map_err(ReadError::Io)?.len();
+    if size > limit {
+        return Err(ReadError::TooLarge(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge(bytes.len() as u64));
+    }
+    Ok(bytes)
+}

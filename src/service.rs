@@ -1,0 +1,890 @@
+//! `csel-auth serve`: the HTTP service nginx talks to.
+//!
+//! `/auth` answers nginx's `auth_request` subrequest (200 / 401 / 403),
+//! `/token` is the docker token realm (with `--token-realm`), and
+//! `/healthz` and `/metrics` are for operators. Every path through `/auth`
+//! that is not the single allow in [`App::auth`] ends in a denial.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+
+use crate::decision::{decide, AccessRequest, Decision, Reason};
+use crate::identity::{parse_authorization, Credentials, Verifier};
+use crate::metrics::{Metrics, Outcome};
+use crate::reload::Store;
+use crate::request::DockerRoute;
+use crate::rules::Action;
+use crate::throttle::LoginThrottle;
+use crate::token::{self, Identity, Scope, TokenKey, TokenRequest, TokenSettings};
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Listen::Unix(PathBuf::from(path))),
+            Some(_) => Err("`unix:` needs a socket path, e.g. unix:/run/csel-auth.sock".into()),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|_| format!("`{s}` is neither HOST:PORT (e.g. 127.0.0.1:9000) nor unix:/path.sock")),
+        }
+    }
+}
+
+/// The token realm's settings.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub realm: String,
+    pub service: String,
+    pub key_file: PathBuf,
+    pub ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rules: PathBuf,
+    pub htpasswd: Option<PathBuf>,
+    pub listen: Listen,
+    pub socket_mode: u32,
+    pub default_format: String,
+    pub basic_realm: String,
+    pub token: Option<TokenConfig>,
+    pub reload_period: Duration,
+    pub bcrypt_concurrency: usize,
+    pub login_cache: usize,
+    pub max_connections: usize,
+}
+
+struct TokenRealm {
+    key: TokenKey,
+    settings: TokenSettings,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    store: Arc<Store>,
+    verifier: Verifier,
+    throttle: LoginThrottle,
+    metrics: Arc<Metrics>,
+    token: Option<TokenRealm>,
+    default_format: String,
+    basic_challenge: HeaderValue,
+}
+
+const X_ORIGINAL_URI: &str = "x-original-uri";
+const X_ORIGINAL_METHOD: &str = "x-original-method";
+const X_REPOSITORY_FORMAT: &str = "x-repository-format";
+const X_ORIGINAL_CONTENT_TYPE: &str = "x-original-content-type";
+const X_REAL_IP: &str = "x-real-ip";
+const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn denial(status: StatusCode) -> Response<Body> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        status.canonical_reason().unwrap_or("denied"),
+    )
+}
+
+/// A header that must appear at most once and be text.
+enum Single<'a> {
+    Absent,
+    Present(&'a str),
+    Invalid(&'static str),
+}
+
+fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Single<'a> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Single::Absent,
+        (Some(_), Some(_)) => Single::Invalid("repeated"),
+        (Some(v), None) => match v.to_str() {
+            Ok(text) => Single::Present(text),
+            Err(_) => Single::Invalid("not visible ASCII"),
+        },
+    }
+}
+
+/// Why a request was answered as it was, for the log line.
+struct Verdict {
+    response: Response<Body>,
+    outcome: Outcome,
+    user: Option<String>,
+    reason: String,
+    path: Option<String>,
+}
+
+impl App {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, String> {
+        let store = Arc::new(Store::open(
+            &config.rules,
+            config.htpasswd.as_deref(),
+            Arc::clone(&metrics),
+        )?);
+        let token = match &config.token {
+            None => None,
+            Some(t) => Some(TokenRealm {
+                key: TokenKey::load_or_create(&t.key_file).map_err(|e| e.to_string())?,
+                settings: TokenSettings {
+                    realm: t.realm.clone(),
+                    service: t.service.clone(),
+                    ttl: t.ttl,
+                    refresh_ttl: t.refresh_ttl,
+                },
+            }),
+        };
+        let realm = config.basic_realm.replace(['"', '\\'], "");
+        let basic_challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+            .map_err(|_| format!("--realm `{realm}` cannot be sent in a header"))?;
+        Ok(App {
+            store,
+            verifier: Verifier::new(config.login_cache, config.bcrypt_concurrency),
+            throttle: LoginThrottle::new(100_000),
+            metrics,
+            token,
+            default_format: config.default_format.clone(),
+            basic_challenge,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        match (request.method(), request.uri().path()) {
+            (_, "/auth") => self.auth(&request).await,
+            (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+            (&Method::GET, "/metrics") => {
+                let extra = [
+                    (
+                        "bcrypt_checks_total",
+                        "bcrypt computations run (cache misses, wrong passwords, unknown users).",
+                        self.verifier.bcrypt_checks(),
+                    ),
+                    (
+                        "login_cache_hits_total",
+                        "Basic logins answered from the verified-login cache.",
+                        self.verifier.cache_hits(),
+                    ),
+                ];
+                respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render(&extra))
+            }
+            (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,
+            _ => denial(StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// Answers one `auth_request` subrequest and logs the decision.
+    async fn auth(&self, request: &Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let headers = request.headers();
+        let client = match single_header(headers, X_REAL_IP) {
+            Single::Present(ip) => ip.parse::<IpAddr>().ok(),
+            _ => None,
+        };
+        let verdict = self.auth_verdict(headers, client).await;
+        self.metrics.record_decision(verdict.outcome, started.elapsed());
+        let method = match single_header(headers, X_ORIGINAL_METHOD) {
+            Single::Present(m) => m,
+            _ => "-",
+        };
+        tracing::info!(
+            target: "csel_auth::decision",
+            status = verdict.response.status().as_u16(),
+            user = verdict.user.as_deref().unwrap_or("anonymous"),
+            method,
+            path = verdict.path.as_deref().unwrap_or("-"),
+            client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            reason = %verdict.reason,
+        );
+        verdict.response
+    }
+
+    async fn auth_verdict(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Verdict {
+        let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
+            response: denial(status),
+            outcome,
+            user: None,
+            reason,
+            path: None,
+        };
+        let uri = match single_header(headers, X_ORIGINAL_URI) {
+            Single::Present(v) => v,
+            Single::Absent => {
+                tracing::error!("/auth request without X-Original-URI: add `proxy_set_header X-Original-URI $request_uri;` to the nginx auth location (see nginx/csel-auth.conf)");
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::Error,
+                    "missing X-Original-URI".into(),
+                );
+            }
+            Single::Invalid(why) => {
+                return refuse(StatusCode::FORBIDDEN, Outcome::Error, format!("X-Original-URI {why}"))
+            }
+        };
+        let method = match single_header(headers, X_ORIGINAL_METHOD) {
+            Single::Present(v) => v,
+            Single::Absent => {
+                tracing::error!("/auth request without X-Original-Method: add `proxy_set_header X-Original-Method $request_method;` to the nginx auth location (see nginx/csel-auth.conf)");
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::Error,
+                    "missing X-Original-Method".into(),
+                );
+            }
+            Single::Invalid(why) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Error,
+                    format!("X-Original-Method {why}"),
+                )
+            }
+        };
+        let format = match single_header(headers, X_REPOSITORY_FORMAT) {
+            Single::Absent => self.default_format.as_str(),
+            Single::Present(f) if is_format_name(f) => f,
+            _ => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Error,
+                    "invalid X-Repository-Format".into(),
+                )
+            }
+        };
+        let content_type = match single_header(headers, X_ORIGINAL_CONTENT_TYPE) {
+            Single::Absent => None,
+            Single::Present(c) => Some(c),
+            Single::Invalid(why) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Error,
+                    format!("X-Original-Content-Type {why}"),
+                )
+            }
+        };
+        let access = AccessRequest {
+            method,
+            uri,
+            format,
+            content_type,
+        };
+
+        let mut authorization = headers.get_all(AUTHORIZATION).iter();
+        let (first, second) = (authorization.next(), authorization.next());
+        let credentials = match (first, second) {
+            (_, Some(_)) => Err("repeated Authorization header".to_string()),
+            (value, None) => parse_authorization(value.map(HeaderValue::as_bytes)).map_err(|e| e.to_string()),
+        };
+        let credentials = match credentials {
+            Ok(c) => c,
+            Err(why) => return self.challenge(&access, None, Outcome::Unauthorized, format!("bad credentials: {why}")),
+        };
+
+        // Who is asking: anonymous, a verified user, or a token's subject.
+        let mut token_holder = false;
+        let user: Option<String> = match credentials {
+            Credentials::Anonymous => {
+                if self.token.is_some() {
+                    // Docker sends credentials only after a challenge; in
+                    // token mode every credential-less request gets one.
+                    return self.challenge(&access, None, Outcome::Unauthorized, "no token".into());
+                }
+                None
+            }
+            Credentials::Basic { user, password } => {
+                let htpasswd = self.store.htpasswd();
+                if !self.verifier.verify(&htpasswd, &user, &password).await {
+                    self.throttle.record_failure(&user, client);
+                    let delay = self.throttle.delay(&user, client);
+                    if !delay.is_zero() {
+                        self.metrics
+                            .throttled_logins
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
+                    }
+                    return self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        format!("wrong password or unknown user `{user}`"),
+                    );
+                }
+                self.throttle.record_success(&user, client);
+                Some(user)
+            }
+            Credentials::Bearer(bearer) => {
+                let Some(realm) = &self.token else {
+                    return self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        "bearer token without --token-realm".into(),
+                    );
+                };
+                match token::verify_access(&realm.key, &realm.settings, &bearer, SystemTime::now()) {
+                    Ok(Identity { user: None }) => {
+                        token_holder = true;
+                        None
+                    }
+                    Ok(Identity { user: Some(user) }) if self.store.htpasswd().contains(&user) => {
+                        token_holder = true;
+                        Some(user)
+                    }
+                    Ok(Identity { user: Some(user) }) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("token for `{user}`, who is no longer a user"),
+                        );
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("invalid token: {e}"),
+                        );
+                    }
+                }
+            }
+        };
+
+        let rules = self.store.rules();
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fault_injection(uri);
+            decide(&rules, user.as_deref(), &access)
+        }));
+        let mut decision = match decided {
+            Ok(d) => d,
+            Err(_) => {
+                tracing::error!("internal error while deciding (a bug): denied");
+                return Verdict {
+                    response: denial(StatusCode::FORBIDDEN),
+                    outcome: Outcome::Error,
+                    user,
+                    reason: "internal error".into(),
+                    path: None,
+                };
+            }
+        };
+        if token_holder && decision.docker == Some(DockerRoute::Base) && !decision.allowed {
+            decision.allowed = true;
+            decision.reason = Reason::PingForUsers;
+        }
+
+        if decision.allowed {
+            let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
+            let Ok(user_header) = HeaderValue::from_bytes(shown_user.as_bytes()) else {
+                return Verdict {
+                    response: denial(StatusCode::FORBIDDEN),
+                    outcome: Outcome::Error,
+                    user,
+                    reason: "user name cannot be sent in a header".into(),
+                    path: decision.path,
+                };
+            };
+            // The one place that answers 200.
+            let mut response = respond(StatusCode::OK, "text/plain; charset=utf-8", "");
+            response.headers_mut().insert(X_AUTH_USER, user_header);
+            return Verdict {
+                response,
+                outcome: Outcome::Allowed,
+                user,
+                reason: decision.reason.to_string(),
+                path: decision.path,
+            };
+        }
+        let malformed = matches!(
+            decision.reason,
+            Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
+        );
+        if user.is_none() && !malformed {
+            let reason = decision.reason.to_string();
+            let path = decision.path.clone();
+            let mut verdict = self.challenge_for(&decision, None, reason);
+            verdict.path = path;
+            return verdict;
+        }
+        let outcome = if malformed { Outcome::Error } else { Outcome::Forbidden };
+        Verdict {
+            response: denial(StatusCode::FORBIDDEN),
+            outcome,
+            user,
+            reason: decision.reason.to_string(),
+            path: decision.path,
+        }
+    }
+
+    /// A 401 with the challenge for this request.
+    fn challenge(&self, access: &AccessRequest, error: Option<&str>, outcome: Outcome, reason: String) -> Verdict {
+        let decision = match &self.token {
+            // The scope of a Bearer challenge comes from the docker route.
+            Some(_) => decide(&crate::rules::Rules::empty(), None, access),
+            None => Decision {
+                allowed: false,
+                reason: Reason::NoGrant,
+                path: None,
+                action: None,
+                docker: None,
+            },
+        };
+        let mut verdict = self.challenge_for(&decision, error, reason);
+        verdict.outcome = outcome;
+        verdict
+    }
+
+    fn challenge_for(&self, decision: &Decision, error: Option<&str>, reason: String) -> Verdict {
+        let value = match &self.token {
+            None => self.basic_challenge.clone(),
+            Some(realm) => {
+                let scope = challenge_scope(decision);
+                let text = token::challenge(&realm.settings, scope.as_ref(), error);
+                HeaderValue::from_str(&text).unwrap_or_else(|_| self.basic_challenge.clone())
+            }
+        };
+        let mut response = respond(
+            StatusCode::UNAUTHORIZED,
+            "application/json; charset=utf-8",
+            token::error_json("UNAUTHORIZED", "authentication required"),
+        );
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        Verdict {
+            response,
+            outcome: Outcome::Unauthorized,
+            user: None,
+            reason,
+            path: None,
+        }
+    }
+
+    async fn token_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
+        let Some(realm) = &self.token else {
+            return denial(StatusCode::NOT_FOUND);
+        };
+        let is_post = request.method() == Method::POST;
+        let headers = request.headers().clone();
+        let client = match single_header(&headers, X_REAL_IP) {
+            Single::Present(ip) => ip.parse::<IpAddr>().ok(),
+            _ => None,
+        };
+        let parsed = if is_post {
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match Limited::new(request.into_body(), token::MAX_TOKEN_REQUEST_LEN)
+                .collect()
+                .await
+            {
+                Ok(body) => token::parse_token_post(content_type.as_deref(), &body.to_bytes()),
+                Err(_) => Err(token::TokenRequestError::TooLarge),
+            }
+        } else {
+            token::parse_token_get(request.uri().query().unwrap_or(""))
+        };
+        let token_request = match parsed.and_then(|r| r.check_service(&realm.settings).map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics
+                    .token_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "csel_auth::token", error = %e, "token request refused");
+                let body = if is_post {
+                    token::oauth_error_json(e.oauth_error(), &e.to_string())
+                } else {
+                    token::error_json("UNSUPPORTED", &e.to_string())
+                };
+                return respond(StatusCode::BAD_REQUEST, "application/json; charset=utf-8", body);
+            }
+        };
+        let unauthorized = |why: &str| {
+            self.metrics
+                .token_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(target: "csel_auth::token", reason = why, "token refused");
+            let mut response = respond(
+                StatusCode::UNAUTHORIZED,
+                "application/json; charset=utf-8",
+                token::oauth_error_json("invalid_grant", "wrong user name or password"),
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, self.basic_challenge.clone());
+            response
+        };
+        let (identity, scopes, wants_refresh, reuse_refresh) = match token_request {
+            TokenRequest::Get {
+                scopes, offline_token, ..
+            } => {
+                let credentials = parse_authorization(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes));
+                match credentials {
+                    Ok(Credentials::Anonymous) => (Identity::anonymous(), scopes, false, None),
+                    Ok(Credentials::Basic { user, password }) => {
+                        if !self.check_password(&user, &password, client).await {
+                            return unauthorized("wrong password or unknown user");
+                        }
+                        (Identity::user(user), scopes, offline_token, None)
+                    }
+                    _ => return unauthorized("unusable Authorization header"),
+                }
+            }
+            TokenRequest::PasswordGrant {
+                username,
+                password,
+                scopes,
+                access_type_offline,
+                ..
+            } => {
+                if !self.check_password(&username, &password, client).await {
+                    return unauthorized("wrong password or unknown user");
+                }
+                (Identity::user(username), scopes, access_type_offline, None)
+            }
+            TokenRequest::RefreshGrant {
+                refresh_token, scopes, ..
+            } => match token::verify_refresh(&realm.key, &realm.settings, &refresh_token, SystemTime::now()) {
+                Ok(Identity { user: Some(user) }) if self.store.htpasswd().contains(&user) => {
+                    (Identity::user(user), scopes, false, Some(refresh_token))
+                }
+                _ => return unauthorized("invalid refresh token"),
+            },
+        };
+        let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
+        let mut issued = token::issue(
+            &realm.key,
+            &realm.settings,
+            &identity,
+            &granted,
+            wants_refresh,
+            SystemTime::now(),
+        );
+        if reuse_refresh.is_some() {
+            issued.refresh_token = reuse_refresh;
+        }
+        self.metrics
+            .tokens_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            target: "csel_auth::token",
+            user = identity.user.as_deref().unwrap_or("anonymous"),
+            scope = %issued.scope,
+            "token issued"
+        );
+        respond(
+            StatusCode::OK,
+            "application/json; charset=utf-8",
+            token::token_response_json(&issued),
+        )
+    }
+
+    async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {
+        let htpasswd = self.store.htpasswd();
+        if self.verifier.verify(&htpasswd, user, password).await {
+            self.throttle.record_success(user, client);
+            return true;
+        }
+        self.throttle.record_failure(user, client);
+        let delay = self.throttle.delay(user, client);
+        if !delay.is_zero() {
+            self.metrics
+                .throttled_logins
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+        false
+    }
+
+    /// The requested scopes, each cut down to the actions the current rules
+    /// allow. Informational: every request is decided again by the rules.
+    fn granted_scopes(&self, user: Option<&str>, requested: &[Scope]) -> Vec<Scope> {
+        let rules = self.store.rules();
+        let allowed = |method: &str, uri: &str| {
+            decide(
+                &rules,
+                user,
+                &AccessRequest {
+                    method,
+                    uri,
+                    format: "docker",
+                    content_type: None,
+                },
+            )
+            .allowed
+        };
+        requested
+            .iter()
+            .filter_map(|scope| {
+                let actions: Vec<String> = match scope.kind.as_str() {
+                    "repository" => {
+                        let manifest = format!("/v2/{}/manifests/latest", scope.name);
+                        scope
+                            .actions
+                            .iter()
+                            .filter(|a| match a.as_str() {
+                                "pull" => allowed("GET", &manifest),
+                                "push" => allowed("PUT", &manifest),
+                                "delete" => allowed("DELETE", &manifest),
+                                "*" => {
+                                    allowed("GET", &manifest)
+                                        && allowed("PUT", &manifest)
+                                        && allowed("DELETE", &manifest)
+                                }
+                                _ => false,
+                            })
+                            .cloned()
+                            .collect()
+                    }
+                    "registry" if scope.name == "catalog" => scope
+                        .actions
+                        .iter()
+                        .filter(|_| allowed("GET", crate::CATALOG_PATH))
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (!actions.is_empty()).then(|| Scope {
+                    kind: scope.kind.clone(),
+                    name: scope.name.clone(),
+                    actions,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The scope a Bearer challenge names for this request.
+fn challenge_scope(decision: &Decision) -> Option<Scope> {
+    let route = decision.docker.as_ref()?;
+    if *route == DockerRoute::Catalog {
+        return Some(Scope {
+            kind: "registry".into(),
+            name: "catalog".into(),
+            actions: vec!["*".into()],
+        });
+    }
+    let name = route.repository()?;
+    let actions: &[&str] = match decision.action? {
+        Action::Read => &["pull"],
+        Action::Add | Action::Edit => &["pull", "push"],
+        Action::Delete => &["delete"],
+    };
+    Some(Scope {
+        kind: "repository".into(),
+        name: name.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+    })
+}
+
+fn is_format_name(format: &str) -> bool {
+    !format.is_empty()
+        && format.len() <= 32
+        && format
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Test builds can be told to panic while deciding one path, to prove that a
+/// panic ends in a denial. Release builds have no such switch.
+fn fault_injection(uri: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("CSEL_AUTH_FAULT_PANIC_URI").is_ok_and(|p| p == uri) {
+        panic!("fault injection: panic while deciding {uri}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = uri;
+}
+
+/// Runs the service until SIGTERM or SIGINT. Returns the exit status.
+pub fn run(config: Config) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("{message}");
+            tracing::error!("{message}");
+            1
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let metrics = Arc::new(Metrics::default());
+    let app = Arc::new(App::new(&config, metrics)?);
+    crate::reload::start(Arc::clone(app.store()), config.reload_period)?;
+
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let listener = Listener::bind(&config.listen, config.socket_mode).await?;
+    let rules = app.store().rules();
+    tracing::info!(
+        listen = %listener.describe(),
+        rules = %config.rules.display(),
+        grants = rules.grants().len(),
+        token_realm = config.token.as_ref().map_or("-", |t| t.realm.as_str()),
+        "csel-auth ready"
+    );
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                crate::reload::reload_now(app.store());
+                continue;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .keep_alive(true)
+            .max_buf_size(64 * 1024)
+            .serve_connection(stream, service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after 10 s");
+    }
+    if let Listen::Unix(path) = &config.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// A connection of either kind.
+type Stream = TokioIo<Box<dyn AsyncStream>>;
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+impl Listener {
+    async fn bind(listen: &Listen, mode: u32) -> Result<Listener, String> {
+        match listen {
+            Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+            Listen::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                // A socket left by a previous run is replaced; any other file is not.
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if meta.file_type().is_socket() {
+                        let _ = std::fs::remove_file(path);
+                    } else {
+                        return Err(format!(
+                            "cannot listen on {}: a file that is not a socket is in the way",
+                            path.display()
+                        ));
+                    }
+                }
+                let listener = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("cannot set mode {mode:o} on {}: {e}", path.display()))?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(TokioIo::new(Box::new(stream)))
+            }
+            Listener::Unix(l, _) => {
+                let (stream, _) = l.accept().await?;
+                Ok(TokioIo::new(Box::new(stream)))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
