@@ -1,0 +1,114 @@
+//! Rules files as data: each file in `tests/data/rules/` says what it
+//! expects in `# expect:` lines — `ok`, `error LINE:COLUMN TEXT` (every one
+//! listed must be reported) or `warning LINE TEXT` (from `check`).
+
+use std::fs;
+
+use csel_auth::rules::{lint, LintOptions, Rules};
+
+fn check_file(name: &str, text: &str) -> Result<(), String> {
+    let expectations: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+    if expectations.is_empty() {
+        return Err("no `# expect:` line".into());
+    }
+    let parsed = Rules::parse(name, text);
+    for expectation in expectations {
+        let (kind, rest) = expectation.split_once(' ').unwrap_or((expectation, ""));
+        match kind {
+            "ok" => {
+                if let Err(e) = &parsed {
+                    return Err(format!("expected to load, got:\n{e}"));
+                }
+            }
+            "error" => {
+                let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
+                let errors = match &parsed {
+                    Ok(_) => return Err(format!("expected an error at {position}, but it loaded")),
+                    Err(e) => e,
+                };
+                let found = errors
+                    .0
+                    .iter()
+                    .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
+                if !found {
+                    return Err(format!(
+                        "expected an error at {position} containing `{wanted}`, got:\n{errors}"
+                    ));
+                }
+                if !errors.to_string().contains(&format!("--> {name}:{position}")) {
+                    return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
+                }
+            }
+            "warning" => {
+                let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
+                let rules = parsed.as_ref().map_err(|e| format!("expected to load, got:\n{e}"))?;
+                let warnings = lint(
+                    rules,
+                    &LintOptions {
+                        token_mode: false,
+                        known_users: None,
+                    },
+                );
+                if !warnings
+                    .iter()
+                    .any(|w| w.line.to_string() == line && w.message.contains(wanted))
+                {
+                    let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+                    return Err(format!(
+                        "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
+                    ));
+                }
+            }
+            other => return Err(format!("unknown expectation `{other}`")),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rules_files_from_data_directory() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    let mut entries: Vec<_> = fs::read_dir("tests/data/rules")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = fs::read_to_string(&path).unwrap();
+        count += 1;
+        if let Err(why) = check_file(&name, &text) {
+            failures.push(format!("{name}: {}", why.replace('\n', "\n    ")));
+        }
+    }
+    assert!(count >= 20, "only {count} rules files");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} rules files failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_itself_reports_wrong_expectations() {
+    assert!(check_file("x.rules", "# expect: ok\ngrant pul on * to a\n").is_err());
+    assert!(check_file("x.rules", "# expect: error 2:7 nope\ngrant pull on * to a\n").is_err());
+    assert!(check_file("x.rules", "# expect: error 9:9 unknown action\ngrant pul on * to a\n").is_err());
+    assert!(check_file("x.rules", "# expect: warning 2 not used\ngrant pull on * to a\n").is_err());
+}
+
+#[test]
+fn grants_are_indexed_by_subject() {
+    let mut text = String::from("selector s = path =^ \"/v2/shared/\"\n");
+    for g in 0..200 {
+        text.push_str(&format!(
+            "group g{g} = u{g}\ngrant * on (path =^ \"/v2/g{g}/\") to @g{g}\n"
+        ));
+    }
+    let rules = Rules::parse("big.rules", &text).unwrap();
+    assert_eq!(rules.grants_for(Some("u7")).len(), 1);
+    assert_eq!(rules.grants_for(None).len(), 0);
+    assert_eq!(rules.groups_of("u7").collect::<Vec<_>>(), vec!["g7"]);
+}
