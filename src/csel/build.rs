@@ -192,8 +192,8 @@ fn build_comparison(ctx: &BuildContext, pair: Pair<Rule>) -> Result<Expr, Diagno
         return Err(shape_error(ctx));
     };
     let op_kind = match op.as_str() {
-        "==" => CompareOp::Equals,
-        "!=" => CompareOp::NotEquals,
+        "==" | "eq" => CompareOp::Equals,
+        "!=" | "ne" => CompareOp::NotEquals,
         "=~" => CompareOp::Matches,
         "=^" => CompareOp::StartsWith,
         _ => return Err(shape_error(ctx)),
