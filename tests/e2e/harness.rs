@@ -57,9 +57,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of a log shown in an error or after a failed test.
 const LOG_TAIL_LINES: usize = 60;
 
-const SIGHUP: i32 = 1;
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
+pub const SIGHUP: i32 = 1;
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
 const PR_SET_PDEATHSIG: i32 = 1;
 
 extern "C" {
@@ -71,21 +71,16 @@ extern "C" {
 // ---------------------------------------------------------------------------
 // Programs
 
-/// A program the harness runs and the Debian package that provides it.
-struct Program {
-    name: &'static str,
-    debian_package: &'static str,
-}
-
-const PROGRAMS: &[Program] = &[
-    Program { name: "nginx", debian_package: "nginx-light" },
-    Program { name: "docker-registry", debian_package: "docker-registry" },
-    Program { name: "dockerd", debian_package: "docker.io" },
-    Program { name: "docker", debian_package: "docker.io" },
-    Program { name: "skopeo", debian_package: "skopeo" },
-    Program { name: "podman", debian_package: "podman" },
-    Program { name: "htpasswd", debian_package: "apache2-utils" },
-    Program { name: "umount", debian_package: "mount" },
+/// Programs the harness runs and the Debian packages that provide them.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx-light"),
+    ("docker-registry", "docker-registry"),
+    ("dockerd", "docker.io"),
+    ("docker", "docker.io"),
+    ("skopeo", "skopeo"),
+    ("podman", "podman"),
+    ("htpasswd", "apache2-utils"),
+    ("umount", "mount"),
 ];
 
 /// Finds `name` in PATH, or fails naming the Debian package to install.
@@ -104,11 +99,10 @@ pub fn require_program(name: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    let package = PROGRAMS
+    let package = DEBIAN_PACKAGES
         .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.debian_package)
-        .unwrap_or(name);
+        .find(|(program, _)| *program == name)
+        .map_or(name, |(_, package)| *package);
     bail!(
         "required program `{name}` was not found in PATH; install it with \
          `apt-get install -y {package}` (Debian package `{package}`)"
@@ -242,8 +236,7 @@ fn handed_out_ports() -> &'static Mutex<HashSet<u16>> {
 /// bound; the servers below retry with a new port when that happens.
 pub fn pick_free_port() -> Result<u16> {
     for _ in 0..100 {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
         let port = listener.local_addr().context("reading the bound port")?.port();
         let mut handed = handed_out_ports().lock().unwrap_or_else(|e| e.into_inner());
         if handed.insert(port) {
@@ -264,11 +257,7 @@ pub fn pick_free_addr() -> Result<SocketAddr> {
 /// Polls `probe` until it returns `Some`, failing after `timeout`.
 /// The pause between probes grows from 10 ms to 200 ms; the condition, not
 /// the pause, is what the caller synchronises on.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T> {
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(10);
     loop {
@@ -286,23 +275,22 @@ pub fn wait_until<T>(
 /// Waits until a TCP connection to `addr` succeeds.
 pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> Result<()> {
     wait_until(&format!("a TCP connection to {addr}"), timeout, || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok().map(drop)
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .ok()
+            .map(drop)
     })
 }
 
 /// Waits until `GET path` on `addr` answers `status`.
-pub fn wait_for_http_status(
-    addr: &ListenAddr,
-    path: &str,
-    status: u16,
-    timeout: Duration,
-) -> Result<()> {
-    wait_until(&format!("GET {path} on {addr} to answer {status}"), timeout, || {
-        match http_request(addr, "GET", path, &[], b"") {
+pub fn wait_for_http_status(addr: &ListenAddr, path: &str, status: u16, timeout: Duration) -> Result<()> {
+    wait_until(
+        &format!("GET {path} on {addr} to answer {status}"),
+        timeout,
+        || match http_request(addr, "GET", path, &[], b"") {
             Ok(response) if response.status == status => Some(()),
             _ => None,
-        }
-    })
+        },
+    )
 }
 
 /// Waits until `path` exists.
@@ -315,7 +303,10 @@ pub fn wait_for_file(path: &Path, timeout: Duration) -> Result<()> {
 /// Waits until the file at `path` contains `needle`.
 pub fn wait_for_file_contains(path: &Path, needle: &str, timeout: Duration) -> Result<()> {
     wait_until(&format!("{} to contain {needle:?}", path.display()), timeout, || {
-        fs::read_to_string(path).ok().filter(|text| text.contains(needle)).map(drop)
+        fs::read_to_string(path)
+            .ok()
+            .filter(|text| text.contains(needle))
+            .map(drop)
     })
 }
 
@@ -375,8 +366,7 @@ pub fn http_request(
             (Box::new(s), sock.to_string())
         }
         ListenAddr::Unix(path) => {
-            let s = UnixStream::connect(path)
-                .with_context(|| format!("connecting to {}", path.display()))?;
+            let s = UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
             s.set_read_timeout(io_timeout)?;
             s.set_write_timeout(io_timeout)?;
             (Box::new(s), "localhost".to_string())
@@ -390,10 +380,16 @@ pub fn http_request(
         request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).with_context(|| format!("sending to {addr}"))?;
-    stream.write_all(body).with_context(|| format!("sending a body to {addr}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("sending to {addr}"))?;
+    stream
+        .write_all(body)
+        .with_context(|| format!("sending a body to {addr}"))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).with_context(|| format!("reading the answer of {addr}"))?;
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer of {addr}"))?;
     parse_http_response(&raw, method == "HEAD")
         .with_context(|| format!("parsing the answer of {addr} to {method} {path_and_query}"))
 }
@@ -421,9 +417,9 @@ fn parse_http_response(raw: &[u8], head_request: bool) -> Result<HttpResponse> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let rest = &raw[split + 4..];
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     let body = if head_request {
         Vec::new()
     } else if chunked {
@@ -443,8 +439,7 @@ fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>> {
             .ok_or_else(|| anyhow!("truncated chunk size line"))?;
         let size_text = std::str::from_utf8(&data[..line_end])?;
         let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        let size = usize::from_str_radix(size_hex, 16).with_context(|| format!("bad chunk size {size_text:?}"))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(body);
@@ -481,10 +476,16 @@ impl ProcessGuard {
             .open(log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating a log file handle")?;
-        command.stdin(Stdio::null()).stdout(log).stderr(log_err).process_group(0);
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
         set_parent_death_signal(&mut command);
         let command_line = describe_command(&command);
-        let child = command.spawn().with_context(|| format!("starting {name}: {command_line}"))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}: {command_line}"))?;
         Ok(Self {
             name: name.to_string(),
             command_line,
@@ -516,7 +517,10 @@ impl ProcessGuard {
     /// Sends `signal` to the process (not its group).
     pub fn signal(&self, signal: i32) -> Result<()> {
         let pid = i32::try_from(self.child.id()).context("pid out of range")?;
-        // SAFETY: kill(2) has no memory-safety preconditions.
+        if pid <= 1 {
+            bail!("refusing to signal pid {pid}");
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions; pid > 1 here.
         if unsafe { kill(pid, signal) } != 0 {
             bail!("kill({pid}, {signal}) failed: {}", io::Error::last_os_error());
         }
@@ -525,12 +529,7 @@ impl ProcessGuard {
 
     /// Waits until `probe` succeeds, failing early (with the log) if the
     /// process exits first.
-    pub fn wait_ready(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut probe: impl FnMut() -> bool,
-    ) -> Result<()> {
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) -> Result<()> {
         let mut exit = None;
         let result = wait_until(what, timeout, || {
             if probe() {
@@ -592,7 +591,7 @@ impl ProcessGuard {
         if thread::panicking() {
             eprintln!("{}", self.failure_report());
         }
-        let Ok(pgid) = i32::try_from(self.child.id()) else { return };
+        let pgid = self.child.id();
         if self.exited().is_none() {
             let _ = self.signal(SIGTERM);
             let _ = wait_until(&format!("{} to stop", self.name), STOP_GRACE, || {
@@ -600,8 +599,9 @@ impl ProcessGuard {
             });
         }
         // Whatever is left of the group (nginx workers, containerd, ...).
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { kill(-pgid, SIGKILL) };
+        if let Err(err) = kill_process_group(pgid, SIGKILL) {
+            eprintln!("warning: stopping {}: {err}", self.name);
+        }
         let _ = self.child.wait();
     }
 }
@@ -610,6 +610,28 @@ impl Drop for ProcessGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Sends `signal` to every process in the group `pgid` (a pid the harness
+/// started with `process_group(0)`). Refuses 0 and 1: kill(0) would hit the
+/// test's own group and kill(-1) every process on the machine.
+///
+/// Do not shell out to `kill -SIG -PGID` instead: procps-ng 4.0.2 (Debian 12)
+/// turns that into kill(-1, SIG), i.e. it signals every process.
+pub fn kill_process_group(pgid: u32, signal: i32) -> Result<()> {
+    let pgid = i32::try_from(pgid).context("process group id out of range")?;
+    if pgid <= 1 {
+        bail!("refusing to signal process group {pgid}");
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pgid > 1 here.
+    if unsafe { kill(-pgid, signal) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(3) {
+            // ESRCH (3): the group is already gone, which is fine.
+            bail!("kill(-{pgid}, {signal}) failed: {err}");
+        }
+    }
+    Ok(())
 }
 
 /// Children get SIGTERM when the thread that started them ends (also when
@@ -723,19 +745,19 @@ pub fn run_command(mut command: Command, stdin: Option<&[u8]>, timeout: Duration
     let started = Instant::now();
     let mut child = command.spawn().with_context(|| format!("starting `{command_line}`"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input).with_context(|| format!("writing stdin of `{command_line}`"))?;
+        pipe.write_all(input)
+            .with_context(|| format!("writing stdin of `{command_line}`"))?;
     }
     let stdout = child.stdout.take().map(read_in_background);
     let stderr = child.stderr.take().map(read_in_background);
-    let pgid = i32::try_from(child.id()).context("pid out of range")?;
+    let pgid = child.id();
     let waited = wait_until(&format!("`{command_line}` to finish"), timeout, || {
         child.try_wait().ok().flatten()
     });
     let status = match waited {
         Ok(status) => status,
         Err(err) => {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { kill(-pgid, SIGKILL) };
+            let _ = kill_process_group(pgid, SIGKILL);
             let _ = child.wait();
             let out = stdout.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
             let errs = stderr.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
@@ -743,11 +765,16 @@ pub fn run_command(mut command: Command, stdin: Option<&[u8]>, timeout: Duration
         }
     };
     // Grandchildren that outlive the command (none expected) go too.
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { kill(-pgid, SIGKILL) };
+    let _ = kill_process_group(pgid, SIGKILL);
     let stdout = stdout.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     let stderr = stderr.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-    Ok(CmdOutput { command_line, status, stdout, stderr, duration: started.elapsed() })
+    Ok(CmdOutput {
+        command_line,
+        status,
+        stdout,
+        stderr,
+        duration: started.elapsed(),
+    })
 }
 
 fn read_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -760,10 +787,7 @@ fn read_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinHandl
 
 /// Starts a server up to three times, with a new port each time the log says
 /// the port was taken between `pick_free_port` and the server's bind.
-fn start_with_port_retry<T>(
-    what: &str,
-    mut attempt: impl FnMut(u16) -> Result<(T, Option<String>)>,
-) -> Result<T> {
+fn start_with_port_retry<T>(what: &str, mut attempt: impl FnMut(u16) -> Result<(T, Option<String>)>) -> Result<T> {
     let mut last_log = String::new();
     for _ in 0..3 {
         let port = pick_free_port()?;
@@ -825,6 +849,36 @@ impl Registry {
     pub fn get(&self, path: &str) -> Result<HttpResponse> {
         http_get(&ListenAddr::Tcp(self.addr), path)
     }
+
+    /// Uploads `bytes` as a blob of `repository` straight into the registry
+    /// (bypassing nginx; POST then PUT, as distribution 2.8 has no
+    /// single-request upload). Returns the digest.
+    pub fn push_blob(&self, repository: &str, bytes: &[u8]) -> Result<String> {
+        let direct = ListenAddr::Tcp(self.addr);
+        let digest = sha256_digest(bytes);
+        let start = http_request(&direct, "POST", &format!("/v2/{repository}/blobs/uploads/"), &[], b"")?;
+        let location = start
+            .header("Location")
+            .filter(|_| start.status == 202)
+            .ok_or_else(|| anyhow!("starting an upload to {repository} failed: {start:?}"))?;
+        // The registry answers with an absolute URL; keep path and query.
+        let path = match location.find("/v2/") {
+            Some(index) => &location[index..],
+            None => bail!("unexpected upload Location {location:?}"),
+        };
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let done = http_request(
+            &direct,
+            "PUT",
+            &format!("{path}{separator}digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            bytes,
+        )?;
+        if done.status != 201 {
+            bail!("finishing the upload to {repository} failed: {done:?}");
+        }
+        Ok(digest)
+    }
 }
 
 fn registry_config(addr: SocketAddr, storage: &Path) -> String {
@@ -849,7 +903,10 @@ const NGINX_SERVER_FILE: &str = "registry.conf";
 const SUBST_CSEL_AUTH_SERVER: &str = "server 127.0.0.1:9000;";
 const SUBST_REGISTRY_SERVER: &str = "server 127.0.0.1:5001;";
 const SUBST_LISTEN: &str = "listen 127.0.0.1:5000;";
-const SUBST_ACCESS_LOG: &str = "/var/log/nginx/registry.access.log";
+const SUBST_ACCESS_LOG: &str = "access_log /var/log/nginx/registry.access.log csel_auth;";
+
+/// Rewrites one configuration file: called with (file name, contents).
+pub type NginxEdit = Box<dyn Fn(&str, String) -> String>;
 
 /// Options for `Nginx::start_with`.
 pub struct NginxOptions {
@@ -860,7 +917,7 @@ pub struct NginxOptions {
     pub listen_port: Option<u16>,
     /// Called with (file name, contents) after the substitutions, to test
     /// variants (e.g. without the JSON error pages).
-    pub edit: Option<Box<dyn Fn(&str, String) -> String>>,
+    pub edit: Option<NginxEdit>,
 }
 
 /// nginx with the repository's nginx/ files, `user root;`, its own prefix,
@@ -903,10 +960,11 @@ impl Nginx {
             )?;
             process.extra_logs = vec![error_log.clone(), dir.join("logs/access.log")];
             let target = ListenAddr::Tcp(addr);
-            // Any HTTP answer means a worker is accepting; /healthz-nginx is
-            // no location, so nginx itself answers 404 without csel-auth.
+            // A worker is accepting once nginx answers; /_csel_auth is
+            // `internal`, so nginx itself says 404 without asking csel-auth
+            // (and, unlike a missing file, without an error-log line).
             let ready = process.wait_ready("nginx to answer HTTP", START_TIMEOUT, || {
-                http_get(&target, "/healthz-nginx").is_ok()
+                http_get(&target, "/_csel_auth").is_ok()
             });
             match ready {
                 Ok(()) => Ok((Nginx { addr, process, dir }, None)),
@@ -956,13 +1014,7 @@ impl Nginx {
         self.dir.join("conf")
     }
 
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<HttpResponse> {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpResponse> {
         http_request(&self.listen(), method, path, headers, body)
     }
 
@@ -979,7 +1031,13 @@ fn nginx_command(nginx: &Path, dir: &TestDir, conf: &Path, error_log: &Path, tes
     if test_only {
         command.arg("-t").arg("-q");
     }
-    command.arg("-p").arg(dir.path()).arg("-c").arg(conf).arg("-e").arg(error_log);
+    command
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg(error_log);
     command
 }
 
@@ -993,7 +1051,10 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
     let read = |name: &str| {
         let path = source.join(name);
         fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (set CSEL_NGINX_DIR to the repository's nginx/ directory)", path.display())
+            format!(
+                "reading {} (set CSEL_NGINX_DIR to the repository's nginx/ directory)",
+                path.display()
+            )
         })
     };
     let access_log = logs.join("access.log");
@@ -1003,7 +1064,10 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
             substitute(
                 NGINX_UPSTREAM_FILE,
                 read(NGINX_UPSTREAM_FILE)?,
-                &[(SUBST_CSEL_AUTH_SERVER, format!("server {};", options.csel_auth_addr.to_arg()))],
+                &[(
+                    SUBST_CSEL_AUTH_SERVER,
+                    format!("server {};", options.csel_auth_addr.to_arg()),
+                )],
             )?,
         ),
         (NGINX_SNIPPET_FILE, read(NGINX_SNIPPET_FILE)?),
@@ -1015,7 +1079,10 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
                 &[
                     (SUBST_REGISTRY_SERVER, format!("server {};", options.registry_addr)),
                     (SUBST_LISTEN, format!("listen {listen};")),
-                    (SUBST_ACCESS_LOG, access_log.display().to_string()),
+                    (
+                        SUBST_ACCESS_LOG,
+                        format!("access_log {} csel_auth;", access_log.display()),
+                    ),
                 ],
             )?,
         ),
@@ -1042,7 +1109,6 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
          \x20   fastcgi_temp_path {fastcgi};\n\
          \x20   uwsgi_temp_path {uwsgi};\n\
          \x20   scgi_temp_path {scgi};\n\
-         \x20   access_log {access_log} csel_auth;\n\
          \x20   include {upstream};\n\
          \x20   include {server};\n\
          }}\n",
@@ -1053,7 +1119,6 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
         fastcgi = t("fastcgi"),
         uwsgi = t("uwsgi"),
         scgi = t("scgi"),
-        access_log = access_log.display(),
         upstream = NGINX_UPSTREAM_FILE,
         server = NGINX_SERVER_FILE,
     );
@@ -1062,20 +1127,30 @@ fn write_nginx_files(dir: &TestDir, listen: SocketAddr, options: &NginxOptions) 
     Ok(conf)
 }
 
-/// Replaces each `from` exactly once; a file that changed shape fails loudly
-/// instead of silently testing the wrong address.
-fn substitute(file: &str, mut text: String, replacements: &[(&str, String)]) -> Result<String> {
+/// Replaces the one line whose text (without indentation) is `from` by `to`,
+/// keeping the indentation; comments never match. A file that changed shape
+/// fails loudly instead of silently testing the wrong address.
+pub fn substitute(file: &str, text: String, replacements: &[(&str, String)]) -> Result<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     for (from, to) in replacements {
-        let count = text.matches(from).count();
-        if count != 1 {
+        let matches: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.trim() == *from)
+            .map(|(index, _)| index)
+            .collect();
+        let [index] = matches[..] else {
             bail!(
-                "nginx/{file}: expected the substitution point `{from}` exactly once, found it \
-                 {count} times (the harness replaces it with `{to}`)"
+                "nginx/{file}: expected exactly one line `{from}` (a substitution point the \
+                 harness replaces with `{to}`), found {}",
+                matches.len()
             );
-        }
-        text = text.replacen(from, to, 1);
+        };
+        let indent_len = lines[index].len() - lines[index].trim_start().len();
+        let indent = lines[index][..indent_len].to_string();
+        lines[index] = format!("{indent}{to}");
     }
-    Ok(text)
+    Ok(lines.join("\n") + "\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -1189,10 +1264,22 @@ impl CselAuth {
                 http_get(&listen, "/healthz").is_ok_and(|r| r.status == 200)
             });
             match ready {
-                Ok(()) => Ok((CselAuth { addr: listen, process, dir }, None)),
-                Err(err) if port_in_use(&process.log()) => {
-                    Ok((CselAuth { addr: listen, process, dir }, Some(err.to_string())))
-                }
+                Ok(()) => Ok((
+                    CselAuth {
+                        addr: listen,
+                        process,
+                        dir,
+                    },
+                    None,
+                )),
+                Err(err) if port_in_use(&process.log()) => Ok((
+                    CselAuth {
+                        addr: listen,
+                        process,
+                        dir,
+                    },
+                    Some(err.to_string()),
+                )),
                 Err(err) => Err(err),
             }
         };
@@ -1222,13 +1309,7 @@ impl CselAuth {
     }
 
     /// Direct request to csel-auth (e.g. `/auth` with X-Original-* headers).
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<HttpResponse> {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpResponse> {
         http_request(&self.addr, method, path, headers, body)
     }
 
@@ -1324,7 +1405,12 @@ impl Dockerd {
                 }
             }
         });
-        let dockerd = Dockerd { socket, client, process, dir };
+        let dockerd = Dockerd {
+            socket,
+            client,
+            process,
+            dir,
+        };
         match ready {
             Ok(()) => Ok(dockerd),
             Err(err) => Err(anyhow!("{err}\nlast `docker info`: {last_info}")),
@@ -1360,7 +1446,9 @@ impl Dockerd {
     /// it `reference` (e.g. `127.0.0.1:PORT/library/alpine:1`). Returns the
     /// image id. `content` makes layers distinct (cross-repo mount tests).
     pub fn import_tiny_image(&self, reference: &str, content: &str) -> Result<String> {
-        let tar = self.dir.write("import.tar", tiny_layer_tar("hello.txt", content.as_bytes()))?;
+        let tar = self
+            .dir
+            .write("import.tar", tiny_layer_tar("hello.txt", content.as_bytes()))?;
         let tar = tar.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp path"))?;
         let out = self.docker(&["import", tar, reference])?.ok()?;
         Ok(out.stdout.trim().to_string())
@@ -1368,6 +1456,11 @@ impl Dockerd {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// dockerd's pid, also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
@@ -1425,7 +1518,9 @@ impl DockerClient {
 
 /// Lazily unmounts every mount point at or below `dir`, deepest first.
 fn unmount_below(dir: &Path) {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let mut points: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -1486,14 +1581,23 @@ impl ContainerTools {
             registries.push_str(&format!("\n[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"));
         }
         let registries_conf = dir.write("registries.conf", registries)?;
-        let policy = dir.write(
-            "policy.json",
-            "{\"default\":[{\"type\":\"insecureAcceptAnything\"}]}\n",
-        )?;
-        for sub in ["home", "docker-config", "tmp", "podman/root", "podman/runroot", "podman/tmp"] {
+        let policy = dir.write("policy.json", "{\"default\":[{\"type\":\"insecureAcceptAnything\"}]}\n")?;
+        for sub in [
+            "home",
+            "docker-config",
+            "tmp",
+            "podman/root",
+            "podman/runroot",
+            "podman/tmp",
+        ] {
             dir.mkdir(sub)?;
         }
-        Ok(Self { dir, auth_file, registries_conf, policy })
+        Ok(Self {
+            dir,
+            auth_file,
+            registries_conf,
+            policy,
+        })
     }
 
     /// The auth file `login` writes to and `copy`/`pull`/`push` read.
@@ -1516,10 +1620,9 @@ impl ContainerTools {
             .env("TMPDIR", self.dir.join("tmp"));
     }
 
-    /// `skopeo --registries-conf … --policy … --tmpdir … ARGS`.
-    /// (skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF; the hidden global
-    /// `--registries-conf` works.)
-    pub fn skopeo(&self, args: &[&str]) -> Result<CmdOutput> {
+    /// `skopeo --registries-conf … --policy … --tmpdir …` (skopeo 1.9 ignores
+    /// CONTAINERS_REGISTRIES_CONF; the hidden global `--registries-conf` works).
+    fn skopeo_command(&self) -> Result<Command> {
         let mut command = Command::new(require_program("skopeo")?);
         command
             .arg("--registries-conf")
@@ -1527,70 +1630,53 @@ impl ContainerTools {
             .arg("--policy")
             .arg(&self.policy)
             .arg("--tmpdir")
-            .arg(self.dir.join("tmp"))
-            .args(args);
+            .arg(self.dir.join("tmp"));
         self.isolate(&mut command);
-        run_command(command, None, COMMAND_TIMEOUT)
+        Ok(command)
     }
 
-    /// `podman --root … --runroot … --storage-driver vfs … ARGS`.
-    pub fn podman(&self, args: &[&str]) -> Result<CmdOutput> {
+    /// `podman --root … --runroot … --storage-driver vfs --tmpdir …
+    /// --events-backend file --cgroup-manager cgroupfs`.
+    fn podman_command(&self) -> Result<Command> {
         let mut command = Command::new(require_program("podman")?);
         command
             .arg("--root")
             .arg(self.dir.join("podman/root"))
             .arg("--runroot")
             .arg(self.dir.join("podman/runroot"))
-            .arg("--storage-driver")
-            .arg("vfs")
+            .args(["--storage-driver", "vfs"])
             .arg("--tmpdir")
             .arg(self.dir.join("podman/tmp"))
-            .arg("--events-backend")
-            .arg("file")
-            .arg("--cgroup-manager")
-            .arg("cgroupfs")
-            .args(args);
+            .args(["--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
         self.isolate(&mut command);
+        Ok(command)
+    }
+
+    /// Runs `skopeo ARGS` with the isolated configuration.
+    pub fn skopeo(&self, args: &[&str]) -> Result<CmdOutput> {
+        let mut command = self.skopeo_command()?;
+        command.args(args);
+        run_command(command, None, COMMAND_TIMEOUT)
+    }
+
+    /// Runs `podman ARGS` with the isolated configuration and storage.
+    pub fn podman(&self, args: &[&str]) -> Result<CmdOutput> {
+        let mut command = self.podman_command()?;
+        command.args(args);
         run_command(command, None, COMMAND_TIMEOUT)
     }
 
     /// `skopeo login -u USER --password-stdin REGISTRY` into the auth file.
     pub fn skopeo_login(&self, registry: SocketAddr, user: &str, password: &str) -> Result<CmdOutput> {
-        self.with_password("skopeo", registry, user, password)
+        let mut command = self.skopeo_command()?;
+        command.args(["login", "-u", user, "--password-stdin", &registry.to_string()]);
+        run_command(command, Some(password.as_bytes()), COMMAND_TIMEOUT)
     }
 
     /// `podman login -u USER --password-stdin REGISTRY` into the auth file.
     pub fn podman_login(&self, registry: SocketAddr, user: &str, password: &str) -> Result<CmdOutput> {
-        self.with_password("podman", registry, user, password)
-    }
-
-    fn with_password(&self, tool: &str, registry: SocketAddr, user: &str, password: &str) -> Result<CmdOutput> {
-        let registry = registry.to_string();
-        let args = ["login", "-u", user, "--password-stdin", registry.as_str()];
-        let mut command = Command::new(require_program(tool)?);
-        if tool == "skopeo" {
-            command
-                .arg("--registries-conf")
-                .arg(&self.registries_conf)
-                .arg("--policy")
-                .arg(&self.policy);
-        } else {
-            command
-                .arg("--root")
-                .arg(self.dir.join("podman/root"))
-                .arg("--runroot")
-                .arg(self.dir.join("podman/runroot"))
-                .arg("--storage-driver")
-                .arg("vfs")
-                .arg("--tmpdir")
-                .arg(self.dir.join("podman/tmp"))
-                .arg("--events-backend")
-                .arg("file")
-                .arg("--cgroup-manager")
-                .arg("cgroupfs");
-        }
-        command.args(args);
-        self.isolate(&mut command);
+        let mut command = self.podman_command()?;
+        command.args(["login", "-u", user, "--password-stdin", &registry.to_string()]);
         run_command(command, Some(password.as_bytes()), COMMAND_TIMEOUT)
     }
 
@@ -1602,7 +1688,9 @@ impl ContainerTools {
 
     /// Imports a one-layer image into podman's storage as `reference`.
     pub fn podman_import_tiny(&self, reference: &str, content: &str) -> Result<CmdOutput> {
-        let tar = self.dir.write("podman-import.tar", tiny_layer_tar("hello.txt", content.as_bytes()))?;
+        let tar = self
+            .dir
+            .write("podman-import.tar", tiny_layer_tar("hello.txt", content.as_bytes()))?;
         let tar = tar.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp path"))?;
         self.podman(&["import", tar, reference])?.ok()
     }
@@ -1655,7 +1743,8 @@ impl OciImage {
     }
 }
 
-fn sha256_digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
@@ -1672,8 +1761,7 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> Result<String> {
 /// Writes an OCI image layout at `layout` holding one image tagged `tag`
 /// whose only layer contains `hello.txt` with `content`.
 pub fn write_oci_layout(layout: &Path, tag: &str, content: &[u8]) -> Result<OciImage> {
-    fs::create_dir_all(layout.join("blobs/sha256"))
-        .with_context(|| format!("creating {}", layout.display()))?;
+    fs::create_dir_all(layout.join("blobs/sha256")).with_context(|| format!("creating {}", layout.display()))?;
     let layer = tiny_layer_tar("hello.txt", content);
     let layer_digest = write_blob(layout, &layer)?;
     let config = serde_json::json!({
