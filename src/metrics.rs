@@ -77,6 +77,7 @@ pub struct Metrics {
     pub tokens_issued: AtomicU64,
     pub token_failures: AtomicU64,
     pub throttled_logins: AtomicU64,
+    throttle_delay_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -98,6 +99,13 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_nanos
             .fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// A failed login answered after `delay` (the throttle).
+    pub fn record_throttled_login(&self, delay: Duration) {
+        self.throttled_logins.fetch_add(1, Ordering::Relaxed);
+        self.throttle_delay_micros
+            .fetch_add(delay.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
     pub fn decisions(&self, outcome: Outcome) -> u64 {
@@ -218,6 +226,16 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE csel_auth_{name} counter");
             let _ = writeln!(out, "csel_auth_{name} {value}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP csel_auth_throttle_delay_seconds_total Time failed logins were held back before their 401."
+        );
+        let _ = writeln!(out, "# TYPE csel_auth_throttle_delay_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "csel_auth_throttle_delay_seconds_total {}",
+            self.throttle_delay_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         out
     }
 }

@@ -9,6 +9,7 @@
 //! half-written file is not taken for a new version; a file that does not
 //! load leaves the last good version in force.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,16 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// What a file holds now, for comparing with what is loaded.
+fn fingerprint_of(path: &Path) -> Option<Seen> {
+    let stamp = stamp(path);
+    let bytes = crate::rules::read_bounded(path, crate::rules::MAX_RULES_BYTES).ok()?;
+    Some(Seen {
+        stamp,
+        fingerprint: Sha256::digest(&bytes).into(),
+    })
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -78,6 +89,8 @@ fn now_unix() -> u64 {
 impl Store {
     /// Loads both files; any error stops the start-up.
     pub fn open(rules_path: &Path, htpasswd_path: Option<&Path>, metrics: Arc<Metrics>) -> Result<Store, String> {
+        let rules_before = fingerprint_of(rules_path);
+        let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
         let rules = Rules::load(rules_path).map_err(|e| e.to_string())?;
         let htpasswd = match htpasswd_path {
             Some(p) => Htpasswd::load(p).map_err(|e| e.to_string())?,
@@ -97,16 +110,14 @@ impl Store {
             checking: Mutex::new(()),
         };
         // Remember what was loaded, so the first check does not reload it.
-        for which in [Watched::Rules, Watched::Htpasswd] {
+        // Only when the file did not change while it was being loaded:
+        // otherwise the first check must load the newer content.
+        for (which, before) in [(Watched::Rules, rules_before), (Watched::Htpasswd, htpasswd_before)] {
             if let Some(path) = store.path(which) {
-                if let Ok(bytes) = std::fs::read(path) {
-                    store.remember(
-                        which,
-                        Seen {
-                            stamp: stamp(path),
-                            fingerprint: Sha256::digest(&bytes).into(),
-                        },
-                    );
+                if let (Some(before), Some(after)) = (before, fingerprint_of(path)) {
+                    if before == after {
+                        store.remember(which, before);
+                    }
                 }
             }
         }
@@ -142,23 +153,30 @@ impl Store {
     /// unchanged files (SIGHUP).
     pub fn check(&self, how: Check) {
         let _one_at_a_time = self.checking.lock();
-        for which in [Watched::Rules, Watched::Htpasswd] {
-            self.check_file(which, how);
+        let to_read: Vec<(Watched, &Path)> = [Watched::Rules, Watched::Htpasswd]
+            .into_iter()
+            .filter_map(|which| Some((which, self.path(which)?)))
+            .filter(|(which, path)| how != Check::Periodic || self.may_have_changed(*which, path))
+            .collect();
+        // Both files settle together: a change to one is not held up by the
+        // other's wait.
+        let paths: Vec<&Path> = to_read.iter().map(|(_, path)| *path).collect();
+        for ((which, path), content) in to_read.iter().zip(read_settled(&paths)) {
+            self.apply(*which, path, how, content);
         }
     }
 
-    fn check_file(&self, which: Watched, how: Check) {
-        let Some(path) = self.path(which) else { return };
+    /// Only the periodic check trusts metadata: an in-place rewrite of the
+    /// same length can keep the same modification time.
+    fn may_have_changed(&self, which: Watched, path: &Path) -> bool {
+        let current_stamp = stamp(path);
+        current_stamp.is_none() || self.last_seen(which).is_none_or(|l| l.stamp != current_stamp)
+    }
+
+    fn apply(&self, which: Watched, path: &Path, how: Check, content: Option<(Vec<u8>, Option<FileStamp>)>) {
         let force = how == Check::Forced;
         let last = self.last_seen(which);
-        let current_stamp = stamp(path);
-        // Only the periodic check trusts metadata: an in-place rewrite of the
-        // same length can keep the same modification time.
-        if how == Check::Periodic && current_stamp.is_some() && last.as_ref().is_some_and(|l| l.stamp == current_stamp)
-        {
-            return;
-        }
-        let Some((bytes, stamp_after)) = read_settled(path) else {
+        let Some((bytes, stamp_after)) = content else {
             // Missing or unreadable: keep the version in force, say so once.
             if last.as_ref().is_none_or(|l| l.stamp.is_some()) || force {
                 self.refused(
@@ -223,29 +241,71 @@ impl Store {
         );
     }
 
-    /// The directories to watch: each file's own, and the directory of the
-    /// file a symlink points to.
-    fn watched_directories(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for path in [Some(self.rules_path.as_path()), self.htpasswd_path.as_deref()]
+    /// The directories to watch: for each file, the directory of every link
+    /// on the way from the configured path to the real file (Kubernetes:
+    /// `registry.rules -> ..data/registry.rules`, `..data -> ..2024_…`).
+    /// Symlinks can be retargeted, so this is recomputed after each change.
+    fn watched_directories(&self) -> BTreeSet<PathBuf> {
+        [Some(self.rules_path.as_path()), self.htpasswd_path.as_deref()]
             .into_iter()
             .flatten()
-        {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            dirs.push(parent.to_path_buf());
-            if let Ok(real) = std::fs::canonicalize(path) {
-                if let Some(real_parent) = real.parent() {
-                    dirs.push(real_parent.to_path_buf());
-                }
-            }
-        }
-        dirs.sort();
-        dirs.dedup();
-        dirs
+            .flat_map(directories_on_the_way)
+            .collect()
     }
+}
+
+/// Most symlinks followed from a configured path (the kernel's limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+fn directories_on_the_way(path: &Path) -> Vec<PathBuf> {
+    let real = |directory: &Path| std::fs::canonicalize(directory).unwrap_or_else(|_| directory.to_path_buf());
+    let mut directories = Vec::new();
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_SYMLINK_HOPS {
+        let parent = current
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        directories.push(real(&parent));
+        match std::fs::read_link(&current) {
+            // An absolute target replaces the path, a relative one is joined.
+            Ok(target) => current = parent.join(target),
+            Err(_) => break,
+        }
+    }
+    if let Some(real_parent) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        directories.push(real_parent);
+    }
+    directories
+}
+
+/// Watches `wanted` and stops watching what is no longer wanted. Returns
+/// what could not be watched, and why.
+fn sync_watches(
+    watcher: &mut impl Watcher,
+    watched: &mut BTreeSet<PathBuf>,
+    wanted: &BTreeSet<PathBuf>,
+) -> Vec<String> {
+    for gone in watched.difference(wanted).cloned().collect::<Vec<_>>() {
+        // The directory may be deleted already (Kubernetes removes the old
+        // data directory): nothing to undo then.
+        let _ = watcher.unwatch(&gone);
+        watched.remove(&gone);
+    }
+    let mut failures = Vec::new();
+    for directory in wanted.difference(watched).cloned().collect::<Vec<_>>() {
+        match watcher.watch(&directory, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(directory);
+            }
+            Err(e) => failures.push(format!("cannot watch {}: {e}", directory.display())),
+        }
+    }
+    failures
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,21 +318,32 @@ pub enum Check {
     Forced,
 }
 
-/// Reads a file until two reads `SETTLE` apart agree.
-fn read_settled(path: &Path) -> Option<(Vec<u8>, Option<FileStamp>)> {
-    let limit = crate::rules::MAX_RULES_BYTES;
-    let read = |p: &Path| crate::rules::read_bounded(p, limit).ok();
-    let mut previous = read(path)?;
+/// Reads each file until two reads `SETTLE` apart agree (`None`: missing,
+/// unreadable or still changing after `SETTLE_ATTEMPTS`). A missing file is
+/// waited for as long: `git checkout` and some editors delete a file and
+/// create it again, which is not a failed reload.
+fn read_settled(paths: &[&Path]) -> Vec<Option<(Vec<u8>, Option<FileStamp>)>> {
+    let read = |p: &Path| crate::rules::read_bounded(p, crate::rules::MAX_RULES_BYTES).ok();
+    let mut previous: Vec<Option<Vec<u8>>> = paths.iter().map(|p| read(p)).collect();
+    let mut settled: Vec<Option<(Vec<u8>, Option<FileStamp>)>> = paths.iter().map(|_| None).collect();
     for _ in 0..SETTLE_ATTEMPTS {
-        std::thread::sleep(SETTLE);
-        let stamp_now = stamp(path);
-        let current = read(path)?;
-        if current == previous {
-            return Some((current, stamp_now));
+        if settled.iter().all(Option::is_some) {
+            break;
         }
-        previous = current;
+        std::thread::sleep(SETTLE);
+        for (index, path) in paths.iter().enumerate() {
+            if settled[index].is_some() {
+                continue;
+            }
+            let stamp_now = stamp(path);
+            let current = read(path);
+            match (previous[index].take(), current) {
+                (Some(before), Some(now)) if before == now => settled[index] = Some((now, stamp_now)),
+                (_, now) => previous[index] = now,
+            }
+        }
     }
-    None
+    settled
 }
 
 /// Starts the watcher and the periodic check on their own threads. They run
@@ -283,17 +354,23 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
         let _ = sender.send(());
     })
     .map_err(|e| format!("cannot start the file watcher: {e}"))?;
-    for dir in store.watched_directories() {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    let mut watched = BTreeSet::new();
+    if let Some(failure) = sync_watches(&mut watcher, &mut watched, &store.watched_directories()).pop() {
+        return Err(failure);
     }
     let checker = Arc::clone(&store);
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            let _watcher = watcher;
-            while receiver.recv().is_ok() {
+            // A change made between the start-up load and the first watch.
+            checker.check(Check::Event);
+            loop {
+                for failure in sync_watches(&mut watcher, &mut watched, &checker.watched_directories()) {
+                    tracing::warn!("{failure}; changes there are seen by the periodic check only");
+                }
+                if receiver.recv().is_err() {
+                    break;
+                }
                 std::thread::sleep(DEBOUNCE);
                 while receiver.try_recv().is_ok() {}
                 checker.check(Check::Event);

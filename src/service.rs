@@ -5,9 +5,13 @@
 //! `/healthz` and `/metrics` are for operators. Every path through `/auth`
 //! that is not the single allow in [`App::auth`] ends in a denial.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -100,6 +104,12 @@ const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 
 type Body = Full<Bytes>;
 
+/// hyper counts an idle keep-alive connection's wait for the next request
+/// against this timeout. nginx keeps idle upstream connections for 60 s
+/// (`keepalive_timeout`); if csel-auth closed them first, a subrequest sent
+/// just as the connection closes would fail (500). So: longer than that.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
+
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -183,6 +193,18 @@ impl App {
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        // /auth turns its own panics into a logged 403; anything else that
+        // panics answers 500 rather than dropping the connection.
+        match CatchPanic(Box::pin(self.route(request))).await {
+            Ok(response) => response,
+            Err(()) => {
+                tracing::error!("internal error (a bug)");
+                denial(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Response<Body> {
         match (request.method(), request.uri().path()) {
             (_, "/auth") => self.auth(&request).await,
             (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
@@ -197,6 +219,11 @@ impl App {
                         "login_cache_hits_total",
                         "Basic logins answered from the verified-login cache.",
                         self.verifier.cache_hits(),
+                    ),
+                    (
+                        "login_shared_waits_total",
+                        "Basic logins answered by waiting for the same login's bcrypt already running.",
+                        self.verifier.shared_waits(),
                     ),
                 ];
                 respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render(&extra))
@@ -214,7 +241,19 @@ impl App {
             Single::Present(ip) => ip.parse::<IpAddr>().ok(),
             _ => None,
         };
-        let verdict = self.auth_verdict(headers, client).await;
+        let verdict = match CatchPanic(Box::pin(self.auth_verdict(headers, client))).await {
+            Ok(verdict) => verdict,
+            Err(()) => {
+                tracing::error!("internal error while deciding (a bug): denied");
+                Verdict {
+                    response: denial(StatusCode::FORBIDDEN),
+                    outcome: Outcome::Error,
+                    user: None,
+                    reason: "internal error".into(),
+                    path: None,
+                }
+            }
+        };
         self.metrics.record_decision(verdict.outcome, started.elapsed());
         let method = match single_header(headers, X_ORIGINAL_METHOD) {
             Single::Present(m) => m,
@@ -324,16 +363,7 @@ impl App {
                 None
             }
             Credentials::Basic { user, password } => {
-                let htpasswd = self.store.htpasswd();
-                if !self.verifier.verify(&htpasswd, &user, &password).await {
-                    self.throttle.record_failure(&user, client);
-                    let delay = self.throttle.delay(&user, client);
-                    if !delay.is_zero() {
-                        self.metrics
-                            .throttled_logins
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tokio::time::sleep(delay).await;
-                    }
+                if !self.check_password(&user, &password, client).await {
                     return self.challenge(
                         &access,
                         None,
@@ -341,7 +371,6 @@ impl App {
                         format!("wrong password or unknown user `{user}`"),
                     );
                 }
-                self.throttle.record_success(&user, client);
                 Some(user)
             }
             Credentials::Bearer(bearer) => {
@@ -389,23 +418,8 @@ impl App {
         };
 
         let rules = self.store.rules();
-        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            fault_injection(uri);
-            decide(&rules, user.as_deref(), &access)
-        }));
-        let mut decision = match decided {
-            Ok(d) => d,
-            Err(_) => {
-                tracing::error!("internal error while deciding (a bug): denied");
-                return Verdict {
-                    response: denial(StatusCode::FORBIDDEN),
-                    outcome: Outcome::Error,
-                    user,
-                    reason: "internal error".into(),
-                    path: None,
-                };
-            }
-        };
+        fault_injection(uri);
+        let mut decision = decide(&rules, user.as_deref(), &access);
         if token_holder && decision.docker == Some(DockerRoute::Base) && !decision.allowed {
             decision.allowed = true;
             decision.reason = Reason::PingForUsers;
@@ -555,8 +569,12 @@ impl App {
             TokenRequest::Get {
                 scopes, offline_token, ..
             } => {
-                let credentials = parse_authorization(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes));
-                match credentials {
+                let mut authorization = headers.get_all(AUTHORIZATION).iter();
+                let (first, second) = (authorization.next(), authorization.next());
+                if second.is_some() {
+                    return unauthorized("repeated Authorization header");
+                }
+                match parse_authorization(first.map(HeaderValue::as_bytes)) {
                     Ok(Credentials::Anonymous) => (Identity::anonymous(), scopes, false, None),
                     Ok(Credentials::Basic { user, password }) => {
                         if !self.check_password(&user, &password, client).await {
@@ -625,9 +643,7 @@ impl App {
         self.throttle.record_failure(user, client);
         let delay = self.throttle.delay(user, client);
         if !delay.is_zero() {
-            self.metrics
-                .throttled_logins
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.record_throttled_login(delay);
             tokio::time::sleep(delay).await;
         }
         false
@@ -722,6 +738,23 @@ fn is_format_name(format: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A future whose panic is returned as `Err(())` instead of unwinding into
+/// the connection task, which would drop the connection unanswered.
+struct CatchPanic<F: Future>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// Test builds can be told to panic while deciding one path, to prove that a
 /// panic ends in a denial. Release builds have no such switch.
 fn fault_injection(uri: &str) {
@@ -759,6 +792,15 @@ async fn serve(config: Config) -> Result<(), String> {
     crate::reload::start(Arc::clone(app.store()), config.reload_period)?;
 
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    // Its own task, so a reload is never held up by the accept loop (which
+    // waits for a free connection slot when all are taken).
+    let reload_store = Arc::clone(app.store());
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            crate::reload::reload_now(&reload_store);
+        }
+    });
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let listener = Listener::bind(&config.listen, config.socket_mode).await?;
@@ -783,11 +825,6 @@ async fn serve(config: Config) -> Result<(), String> {
         };
         let stream = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                crate::reload::reload_now(app.store());
-                continue;
-            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         };
@@ -805,7 +842,7 @@ async fn serve(config: Config) -> Result<(), String> {
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true)
             .max_buf_size(64 * 1024)
             .serve_connection(stream, service);

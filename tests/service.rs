@@ -1,0 +1,774 @@
+//! The service (SPEC sections 4 and 6) through the real binary: the outcome
+//! table over TCP and a unix socket, throttling, keep-alive, panics, hot
+//! reload, the login cache, graceful shutdown and /metrics.
+//!
+//! Reload latencies are printed; see them with `--nocapture`.
+
+mod support;
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Barrier;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::*;
+
+const LIBRARY: &str = "/v2/library/alpine/manifests/3.19";
+const COOLTEAM: &str = "/v2/coolteam/app/manifests/1.0";
+
+fn assert_basic_challenge(response: &Response, context: &str) {
+    assert_eq!(response.status, 401, "{context}: {}", response.text());
+    let challenge = response.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Basic realm=\"csel-auth\""),
+        "{context}: challenge {challenge:?}"
+    );
+    assert_eq!(response.header("x-auth-user"), None, "{context}");
+}
+
+fn assert_status(response: &Response, status: u16, context: &str) {
+    assert_eq!(response.status, status, "{context}: {}", response.text());
+    if status != 200 {
+        assert_eq!(response.header("x-auth-user"), None, "{context}");
+    }
+    if status == 403 || status == 500 {
+        assert_eq!(
+            response.header("www-authenticate"),
+            None,
+            "{context}: no challenge on {status}"
+        );
+    }
+}
+
+/// Every row of SPEC section 4's outcome table.
+fn check_outcome_table(service: &Service) {
+    // allowed → 200 + X-Auth-User
+    let response = service.auth("GET", LIBRARY, None);
+    assert_status(&response, 200, "anonymous pull of library");
+    assert_eq!(response.header("x-auth-user"), Some("anonymous"));
+    let response = service.auth_user("PUT", COOLTEAM, "alice");
+    assert_status(&response, 200, "alice pushes to coolteam");
+    assert_eq!(response.header("x-auth-user"), Some("alice"));
+    let response = service.auth_user("GET", "/v2/", "carol");
+    assert_status(&response, 200, "the ping for a user");
+    assert_eq!(response.header("x-auth-user"), Some("carol"));
+
+    // denied, anonymous → 401 with a Basic challenge
+    assert_basic_challenge(&service.auth("GET", COOLTEAM, None), "anonymous pull of coolteam");
+    assert_basic_challenge(&service.auth("GET", "/v2/", None), "anonymous ping");
+
+    // wrong or unknown credentials → 401 with a challenge, even where
+    // anonymous would be allowed
+    assert_basic_challenge(
+        &service.auth("GET", COOLTEAM, Some(("alice", "wrong"))),
+        "wrong password",
+    );
+    assert_basic_challenge(
+        &service.auth("GET", LIBRARY, Some(("mallory", "mallory-password"))),
+        "unknown user",
+    );
+    let alice = basic("alice", &password("alice"));
+    assert_basic_challenge(
+        &service.auth_headers(&[
+            ("X-Original-URI", LIBRARY),
+            ("X-Original-Method", "GET"),
+            ("Authorization", &alice),
+            ("Authorization", &alice),
+        ]),
+        "repeated Authorization",
+    );
+    assert_basic_challenge(
+        &service.auth_headers(&[
+            ("X-Original-URI", LIBRARY),
+            ("X-Original-Method", "GET"),
+            ("Authorization", "Digest username=\"alice\""),
+        ]),
+        "unsupported scheme",
+    );
+
+    // denied, authenticated → 403 without a challenge
+    assert_status(
+        &service.auth_user("GET", COOLTEAM, "carol"),
+        403,
+        "carol pulls coolteam",
+    );
+    assert_status(&service.auth_user("DELETE", COOLTEAM, "alice"), 403, "alice deletes");
+
+    // malformed → 403, for anonymous too (no challenge: logging in would not help)
+    for uri in [
+        "/v2/library/../coolteam/app/manifests/1",
+        "/v2/library/./alpine/manifests/1",
+        "/v2/library//alpine/manifests/1",
+        "/v2/library%2Falpine/manifests/1",
+        "/v2/library/alpine%00/manifests/1",
+        "/v2/library\\alpine/manifests/1",
+        "/v2/library/Alpine/manifests/1",
+    ] {
+        assert_status(&service.auth("GET", uri, None), 403, uri);
+        assert_status(&service.auth_user("GET", uri, "admin-parente"), 403, uri);
+    }
+    assert_status(
+        &service.auth("TRACE", LIBRARY, None),
+        403,
+        "a method that maps to no action",
+    );
+
+    // nginx misconfigured → 500 and a log line naming the directive
+    assert_status(
+        &service.auth_headers(&[("X-Original-Method", "GET")]),
+        500,
+        "no X-Original-URI",
+    );
+    service.wait_for_log("proxy_set_header X-Original-URI $request_uri", Duration::from_secs(10));
+    assert_status(
+        &service.auth_headers(&[("X-Original-URI", LIBRARY)]),
+        500,
+        "no X-Original-Method",
+    );
+    service.wait_for_log(
+        "proxy_set_header X-Original-Method $request_method",
+        Duration::from_secs(10),
+    );
+
+    // a repeated X-Original-* header is ambiguous → 403, even when each copy allows
+    assert_status(
+        &service.auth_headers(&[
+            ("X-Original-URI", LIBRARY),
+            ("X-Original-URI", LIBRARY),
+            ("X-Original-Method", "GET"),
+        ]),
+        403,
+        "repeated X-Original-URI",
+    );
+    assert_status(
+        &service.auth_headers(&[
+            ("X-Original-URI", LIBRARY),
+            ("X-Original-Method", "GET"),
+            ("X-Original-Method", "GET"),
+        ]),
+        403,
+        "repeated X-Original-Method",
+    );
+
+    // empty Basic credentials (podman, skopeo) are anonymous
+    let empty = |uri: &str| {
+        service.auth_headers(&[
+            ("X-Original-URI", uri),
+            ("X-Original-Method", "GET"),
+            ("Authorization", "Basic Og=="),
+        ])
+    };
+    let response = empty(LIBRARY);
+    assert_status(&response, 200, "Og== on library");
+    assert_eq!(response.header("x-auth-user"), Some("anonymous"));
+    assert_basic_challenge(&empty(COOLTEAM), "Og== on coolteam");
+
+    // not /auth
+    assert_eq!(service.get("/").status, 404);
+}
+
+#[test]
+fn outcome_table_over_tcp() {
+    let service = Setup::new(RULES).start();
+    check_outcome_table(&service);
+}
+
+#[test]
+fn outcome_table_over_a_unix_socket_with_its_mode() {
+    let mut service = Setup::new(RULES).unix_socket(Some("600")).start();
+    let Endpoint::Unix(socket) = service.endpoint.clone() else {
+        panic!("not a unix socket: {:?}", service.endpoint);
+    };
+    let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "--socket-mode 600");
+    check_outcome_table(&service);
+
+    service.signal(SIGTERM);
+    assert!(service.wait_exit(Duration::from_secs(15)).success());
+    assert!(!socket.exists(), "the socket is removed at exit");
+
+    let default = Setup::new(RULES).unix_socket(None).start();
+    let Endpoint::Unix(socket) = default.endpoint.clone() else {
+        panic!("not a unix socket");
+    };
+    let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o660), "default socket mode");
+}
+
+#[test]
+fn repeated_wrong_passwords_are_answered_after_a_growing_delay() {
+    let service = Setup::new(RULES).start();
+    let delayed = || service.metric("csel_auth_throttle_delay_seconds_total");
+    let uri = "/v2/alice/app/manifests/1";
+    let attempt = |user: &str, pass: &str| {
+        let credentials = basic(user, pass);
+        service.auth_headers(&[
+            ("X-Original-URI", uri),
+            ("X-Original-Method", "GET"),
+            ("X-Real-IP", "192.0.2.7"),
+            ("Authorization", &credentials),
+        ])
+    };
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let before = delayed();
+        assert_basic_challenge(&attempt("alice", "wrong"), "wrong password");
+        delays.push(delayed() - before);
+    }
+    assert_eq!(
+        &delays[..3],
+        &[0.0, 0.0, 0.0],
+        "the first failures are free: {delays:?}"
+    );
+    assert!(delays[3] > 0.0 && delays[4] > delays[3], "growing delay: {delays:?}");
+    assert_eq!(service.metric("csel_auth_throttled_logins_total"), 2.0);
+
+    // Throttling delays, it never refuses: the right password gets in at once.
+    let before = delayed();
+    assert_status(&attempt("alice", &password("alice")), 200, "right password");
+    assert_eq!(delayed(), before);
+    // The client address stays throttled for other user names.
+    assert_basic_challenge(&attempt("carol", "wrong"), "another user, same address");
+    assert!(delayed() > before, "the address is throttled across user names");
+}
+
+#[test]
+fn many_requests_share_one_keep_alive_connection() {
+    let service = Setup::new(RULES).start();
+    let mut connection = service.connect();
+    for round in 0..50 {
+        let allowed = connection.auth("GET", LIBRARY, None);
+        assert_eq!(allowed.status, 200, "round {round}");
+        assert_eq!(
+            allowed.header("connection"),
+            None,
+            "round {round}: {:?}",
+            allowed.headers
+        );
+        assert_eq!(connection.auth("GET", COOLTEAM, None).status, 401, "round {round}");
+        assert_eq!(
+            connection
+                .auth("PUT", COOLTEAM, Some(("alice", &password("alice"))))
+                .status,
+            200
+        );
+        assert_eq!(
+            connection
+                .auth("GET", COOLTEAM, Some(("carol", &password("carol"))))
+                .status,
+            403
+        );
+        assert_eq!(
+            connection
+                .send("GET", "/auth", &[("X-Original-Method", "GET")], b"")
+                .status,
+            500
+        );
+        assert_eq!(connection.send("GET", "/healthz", &[], b"").status, 200);
+    }
+    let metrics = connection.send("GET", "/metrics", &[], b"");
+    assert_eq!(
+        parse_metrics(&metrics.text())["csel_auth_decisions_total{outcome=\"allowed\"}"],
+        100.0
+    );
+}
+
+#[test]
+fn a_panic_while_deciding_is_a_denial_not_a_dropped_connection() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: fault injection exists in debug builds only");
+        return;
+    }
+    let boom = "/v2/library/boom/manifests/1";
+    let service = Setup::new(RULES).env("CSEL_AUTH_FAULT_PANIC_URI", boom).start();
+    let mut connection = service.connect();
+    for credentials in [None, Some(("admin-parente", password("admin-parente")))] {
+        let login = credentials.as_ref().map(|(u, p)| (*u, p.as_str()));
+        let response = connection.auth("GET", boom, login);
+        assert_eq!(response.status, 403, "{}", response.text());
+        assert_eq!(response.header("x-auth-user"), None);
+        // The same connection still works.
+        assert_eq!(connection.auth("GET", LIBRARY, login).status, 200);
+    }
+    service.wait_for_log("fault injection", Duration::from_secs(10));
+    assert_eq!(service.metric("csel_auth_decisions_total{outcome=\"error\"}"), 2.0);
+    assert_eq!(service.metric("csel_auth_decisions_total{outcome=\"allowed\"}"), 2.0);
+}
+
+// ---------------------------------------------------------------------------
+// Hot reload
+
+/// The example rules plus anonymous pull of `/v2/<namespace>/`.
+fn rules_opening(namespace: &str) -> String {
+    format!("{RULES}\ngrant pull on (path =^ \"/v2/{namespace}/\") to anonymous\n")
+}
+
+fn is_open(service: &Service, namespace: &str) -> bool {
+    service
+        .auth("GET", &format!("/v2/{namespace}/x/manifests/1"), None)
+        .status
+        == 200
+}
+
+/// Applies `change` (rules opening `to` instead of `from`) and waits, at
+/// most [`RELOAD_DEADLINE`] from the moment `change` returns, for the
+/// decision to flip. Returns and prints the latency.
+fn assert_flips(service: &Service, what: &str, from: &str, to: &str, change: impl FnOnce()) -> Duration {
+    assert!(
+        is_open(service, from) && !is_open(service, to),
+        "{what}: before the change"
+    );
+    change();
+    let latency = time_until(RELOAD_DEADLINE, || is_open(service, to));
+    let Some(latency) = latency else {
+        panic!("{what}: the new version was not in force within {RELOAD_DEADLINE:?}");
+    };
+    assert!(!is_open(service, from), "{what}: the old grant is gone");
+    println!("reload latency, {what}: {:.1} ms", latency.as_secs_f64() * 1000.0);
+    latency
+}
+
+#[test]
+fn reload_after_an_in_place_write() {
+    let setup = Setup::new(&rules_opening("ns-a")).alone();
+    let service = setup.start();
+    let rules = service.rules.clone();
+    assert_flips(&service, "in-place write", "ns-a", "ns-b", || {
+        write(&rules, &rules_opening("ns-b"))
+    });
+    // Same length again: the modification time alone may not change.
+    assert_flips(&service, "in-place write, same size", "ns-b", "ns-a", || {
+        write(&rules, &rules_opening("ns-a"))
+    });
+    assert_eq!(service.metric("csel_auth_version{file=\"rules\"}"), 3.0);
+    assert_eq!(
+        service.metric("csel_auth_reloads_total{file=\"rules\",result=\"ok\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn reload_after_write_to_temporary_and_rename() {
+    let service = Setup::new(&rules_opening("ns-a")).alone().start();
+    let rules = service.rules.clone();
+    assert_flips(&service, "write and rename", "ns-a", "ns-b", || {
+        write_and_rename(&rules, &rules_opening("ns-b"))
+    });
+    assert_flips(&service, "write and rename, again", "ns-b", "ns-a", || {
+        write_and_rename(&rules, &rules_opening("ns-a"))
+    });
+}
+
+fn git(directory: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=csel-auth test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args(args)
+        .current_dir(directory)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", directory)
+        .output();
+    match output {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Ok(out) => panic!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(error) => panic!("cannot run git (needed by this test): {error}"),
+    }
+}
+
+#[test]
+fn reload_after_git_checkout() {
+    let setup = Setup::new(&rules_opening("ns-a")).alone();
+    let directory = setup.dir.path().to_path_buf();
+    let rules = setup.path("registry.rules");
+    git(&directory, &["init", "-q"]);
+    git(&directory, &["add", "registry.rules"]);
+    git(&directory, &["commit", "-q", "-m", "open ns-a"]);
+    let first = git(&directory, &["rev-parse", "HEAD"]);
+    write(&rules, &rules_opening("ns-b"));
+    git(&directory, &["commit", "-q", "-a", "-m", "open ns-b"]);
+    let second = git(&directory, &["rev-parse", "HEAD"]);
+    git(&directory, &["checkout", "-q", &first]);
+
+    let service = setup.start();
+    assert_flips(&service, "git checkout", "ns-a", "ns-b", || {
+        git(&directory, &["checkout", "-q", &second]);
+    });
+    assert_flips(&service, "git checkout, back", "ns-b", "ns-a", || {
+        git(&directory, &["checkout", "-q", &first]);
+    });
+}
+
+/// A Kubernetes ConfigMap volume: `registry.rules -> ..data/registry.rules`,
+/// `..data -> ..<timestamp>`; an update writes a new timestamped directory,
+/// renames a new `..data` symlink over the old one, and deletes the old
+/// directory.
+#[test]
+fn reload_after_a_kubernetes_symlink_swap() {
+    let setup = Setup::bare();
+    let volume = setup.path("config");
+    let publish = |version: &str, rules: &str| {
+        let data = volume.join(version);
+        std::fs::create_dir_all(&data).unwrap();
+        write(&data.join("registry.rules"), rules);
+        write(&data.join("users.htpasswd"), &standard_htpasswd());
+    };
+    let swap_to = |version: &str| {
+        let new_link = volume.join("..data_tmp");
+        symlink(version, &new_link).unwrap();
+        std::fs::rename(&new_link, volume.join("..data")).unwrap();
+    };
+    publish("..2024_01_01_00_00_00.1", &rules_opening("ns-a"));
+    symlink("..2024_01_01_00_00_00.1", volume.join("..data")).unwrap();
+    symlink("..data/registry.rules", volume.join("registry.rules")).unwrap();
+    symlink("..data/users.htpasswd", volume.join("users.htpasswd")).unwrap();
+    let service = setup
+        .rules_at(volume.join("registry.rules"))
+        .htpasswd_at(Some(volume.join("users.htpasswd")))
+        .alone()
+        .start();
+
+    publish("..2024_01_02_00_00_00.2", &rules_opening("ns-b"));
+    assert_flips(&service, "kubernetes symlink swap", "ns-a", "ns-b", || {
+        swap_to("..2024_01_02_00_00_00.2");
+        std::fs::remove_dir_all(volume.join("..2024_01_01_00_00_00.1")).unwrap();
+    });
+    // Again, now that the directory the service started on is gone.
+    publish("..2024_01_03_00_00_00.3", &rules_opening("ns-a"));
+    assert_flips(&service, "kubernetes symlink swap, again", "ns-b", "ns-a", || {
+        swap_to("..2024_01_03_00_00_00.3");
+        std::fs::remove_dir_all(volume.join("..2024_01_02_00_00_00.2")).unwrap();
+    });
+    assert_eq!(service.metric("csel_auth_reload_failing{file=\"htpasswd\"}"), 0.0);
+}
+
+#[test]
+fn reload_after_a_file_is_deleted_and_created_again() {
+    let service = Setup::new(&rules_opening("ns-a")).alone().start();
+    let rules = service.rules.clone();
+    assert_flips(&service, "delete, then create", "ns-a", "ns-b", || {
+        std::fs::remove_file(&rules).unwrap();
+        // A slow writer: the service sees the file missing for a while.
+        std::thread::sleep(Duration::from_millis(40));
+        write(&rules, &rules_opening("ns-b"));
+    });
+    assert_eq!(
+        service.metric("csel_auth_reloads_total{file=\"rules\",result=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(service.metric("csel_auth_reload_failing{file=\"rules\"}"), 0.0);
+}
+
+/// `registry.rules -> a/registry.rules` is pointed at `b/registry.rules`;
+/// later edits of `b/registry.rules` must be seen as quickly.
+#[test]
+fn reload_follows_a_symlink_to_its_new_directory() {
+    let setup = Setup::bare();
+    let (first, second) = (setup.path("a"), setup.path("b"));
+    for (directory, namespace) in [(&first, "ns-a"), (&second, "ns-b")] {
+        std::fs::create_dir(directory).unwrap();
+        write(&directory.join("registry.rules"), &rules_opening(namespace));
+    }
+    let link = setup.path("registry.rules");
+    symlink("a/registry.rules", &link).unwrap();
+    let service = setup.alone().start();
+    assert_flips(&service, "symlink retargeted", "ns-a", "ns-b", || {
+        let new_link = link.with_extension("new-link");
+        symlink("b/registry.rules", &new_link).unwrap();
+        std::fs::rename(&new_link, &link).unwrap();
+    });
+    assert_flips(
+        &service,
+        "in-place write behind the retargeted symlink",
+        "ns-b",
+        "ns-c",
+        || write(&second.join("registry.rules"), &rules_opening("ns-c")),
+    );
+    // The old directory is no longer the rules: changing it changes nothing.
+    write(&first.join("registry.rules"), &rules_opening("ns-d"));
+    service.signal(SIGHUP);
+    wait_for(Duration::from_secs(10), "the SIGHUP reload", || {
+        (service.metric("csel_auth_version{file=\"rules\"}") == 4.0).then_some(())
+    });
+    assert!(is_open(&service, "ns-c") && !is_open(&service, "ns-d"));
+}
+
+#[test]
+fn sighup_is_handled_while_every_connection_slot_is_taken() {
+    let service = Setup::new(RULES)
+        .arg("--max-connections")
+        .arg("1")
+        .arg("--reload-interval")
+        .arg("3600")
+        .start();
+    // The only slot: the service cannot accept another connection now.
+    let mut connection = service.connect();
+    let version = |connection: &mut Connection| {
+        let response = connection.send("GET", "/metrics", &[], b"");
+        parse_metrics(&response.text())["csel_auth_version{file=\"rules\"}"]
+    };
+    assert_eq!(version(&mut connection), 1.0);
+    service.signal(SIGHUP);
+    wait_for(Duration::from_secs(10), "the SIGHUP reload", || {
+        (version(&mut connection) == 2.0).then_some(())
+    });
+}
+
+#[test]
+fn sighup_reloads_both_files() {
+    // No periodic check during the test: only the signal can cause the reload.
+    let service = Setup::new(RULES).arg("--reload-interval").arg("3600").alone().start();
+    let version = |file: &str| service.metric(&format!("csel_auth_version{{file=\"{file}\"}}"));
+    assert_eq!((version("rules"), version("htpasswd")), (1.0, 1.0));
+    service.signal(SIGHUP);
+    let latency = time_until(RELOAD_DEADLINE, || {
+        version("rules") == 2.0 && version("htpasswd") == 2.0
+    });
+    let Some(latency) = latency else {
+        panic!("SIGHUP: no reload within {RELOAD_DEADLINE:?}");
+    };
+    println!("reload latency, SIGHUP: {:.1} ms", latency.as_secs_f64() * 1000.0);
+    // Still serving, on the same rules.
+    assert!(is_open(&service, "library") && !is_open(&service, "coolteam"));
+}
+
+#[test]
+fn a_broken_rules_file_keeps_the_old_rules_until_fixed() {
+    let service = Setup::new(&rules_opening("ns-a")).alone().start();
+    let rules = service.rules.clone();
+    let sample = |name: &str| service.metric(name);
+    const FAILING: &str = "csel_auth_reload_failing{file=\"rules\"}";
+    const FAILED: &str = "csel_auth_reloads_total{file=\"rules\",result=\"failed\"}";
+    const OK: &str = "csel_auth_reloads_total{file=\"rules\",result=\"ok\"}";
+    assert_eq!((sample(FAILING), sample(FAILED), sample(OK)), (0.0, 0.0, 0.0));
+
+    write_and_rename(&rules, &format!("{RULES}\ngrant pull on libary to anonymous\n"));
+    let latency = time_until(RELOAD_DEADLINE, || sample(FAILING) == 1.0);
+    let Some(latency) = latency else {
+        panic!("the failed reload did not show in /metrics within {RELOAD_DEADLINE:?}");
+    };
+    println!(
+        "reload latency, broken file seen: {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert_eq!(sample(FAILED), 1.0);
+    service.wait_for_log("unknown selector `libary`", Duration::from_secs(10));
+    let location = service.wait_for_log("registry.rules:", Duration::from_secs(10));
+    let line_column = location.rsplit("registry.rules:").next().unwrap_or_default();
+    assert!(
+        line_column.split(':').take(2).all(|n| n.trim().parse::<u32>().is_ok()),
+        "the log names file:line:column: {location}"
+    );
+    assert!(is_open(&service, "ns-a"), "the last good rules stay in force");
+    assert_eq!(sample("csel_auth_version{file=\"rules\"}"), 1.0);
+
+    write_and_rename(&rules, &rules_opening("ns-b"));
+    let latency = time_until(RELOAD_DEADLINE, || is_open(&service, "ns-b") && sample(FAILING) == 0.0);
+    let Some(latency) = latency else {
+        panic!("the fixed file was not in force within {RELOAD_DEADLINE:?}");
+    };
+    println!("reload latency, fixed file: {:.1} ms", latency.as_secs_f64() * 1000.0);
+    assert!(!is_open(&service, "ns-a"));
+    assert_eq!((sample(FAILED), sample(OK)), (1.0, 1.0));
+    assert_eq!(sample("csel_auth_version{file=\"rules\"}"), 2.0);
+}
+
+#[test]
+fn an_htpasswd_change_invalidates_cached_logins_at_once() {
+    let service = Setup::new(RULES).alone().start();
+    let htpasswd = service.htpasswd.clone().unwrap();
+    let own = |user: &str, pass: &str| service.auth("GET", &format!("/v2/{user}/app/manifests/1"), Some((user, pass)));
+    let bcrypt = || service.metric("csel_auth_bcrypt_checks_total");
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(own(user, &password(user)).status, 200, "{user}");
+        assert_eq!(own(user, &password(user)).status, 200, "{user}, cached");
+    }
+    assert_eq!(bcrypt(), 3.0, "one bcrypt per user");
+
+    // alice's password changes: her cached login no longer counts.
+    let mut lines: Vec<String> = standard_htpasswd().lines().map(str::to_string).collect();
+    lines.retain(|line| !line.starts_with("alice:"));
+    lines.push(format!("alice:{}", bcrypt_hash("alice-new-password")));
+    write_and_rename(&htpasswd, &(lines.join("\n") + "\n"));
+    let latency = time_until(RELOAD_DEADLINE, || own("alice", &password("alice")).status == 401);
+    let Some(latency) = latency else {
+        panic!("alice's old password still worked {RELOAD_DEADLINE:?} after the change");
+    };
+    println!(
+        "reload latency, htpasswd password change: {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert_eq!(own("alice", "alice-new-password").status, 200);
+    let checks = bcrypt();
+    assert_eq!(own("bob", &password("bob")).status, 200);
+    assert_eq!(bcrypt(), checks, "bob's entry did not change: still cached");
+
+    // carol is removed.
+    lines.retain(|line| !line.starts_with("carol:"));
+    write_and_rename(&htpasswd, &(lines.join("\n") + "\n"));
+    let latency = time_until(RELOAD_DEADLINE, || own("carol", &password("carol")).status == 401);
+    let Some(latency) = latency else {
+        panic!("removed carol still got in {RELOAD_DEADLINE:?} after the change");
+    };
+    println!(
+        "reload latency, htpasswd user removed: {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert_basic_challenge(&own("carol", &password("carol")), "removed user");
+    assert_eq!(service.metric("csel_auth_version{file=\"htpasswd\"}"), 3.0);
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_burst_of_logins_costs_one_bcrypt() {
+    let service = Setup::new(RULES).start();
+    let sample = |name: &str| service.metric(name);
+    const BCRYPT: &str = "csel_auth_bcrypt_checks_total";
+    const HITS: &str = "csel_auth_login_cache_hits_total";
+    const WAITS: &str = "csel_auth_login_shared_waits_total";
+
+    // 100 in a row on one connection, as a pull of many layers.
+    let mut connection = service.connect();
+    for request in 0..100 {
+        let response = connection.auth("GET", LIBRARY, Some(("alice", &password("alice"))));
+        assert_eq!(response.status, 200, "request {request}");
+    }
+    assert_eq!(sample(BCRYPT), 1.0);
+    assert_eq!(sample(HITS), 99.0);
+
+    // 100 at once, each on its own connection, none cached yet.
+    let (hits, waits) = (sample(HITS), sample(WAITS));
+    let start = Barrier::new(100);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..100)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = service.connect();
+                    start.wait();
+                    connection.auth("GET", COOLTEAM, Some(("bob", &password("bob")))).status
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(sample(BCRYPT), 2.0, "one more bcrypt for 100 concurrent logins");
+    assert_eq!(sample(HITS) - hits + sample(WAITS) - waits, 99.0);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
+    let mut service = Setup::new(RULES).start();
+    let wrong = || service.auth("GET", COOLTEAM, Some(("alice", "wrong")));
+    // Three free failures, then 100 and 200 ms: the next one waits 400 ms.
+    for _ in 0..5 {
+        assert_eq!(wrong().status, 401);
+    }
+    let throttled = service.metric("csel_auth_throttled_logins_total");
+    let mut connection = service.connect();
+    let response = std::thread::scope(|scope| {
+        let in_flight = scope.spawn(move || connection.auth("GET", COOLTEAM, Some(("alice", "wrong"))));
+        wait_for(Duration::from_secs(10), "the login to be held back", || {
+            (service.metric("csel_auth_throttled_logins_total") > throttled).then_some(())
+        });
+        service.signal(SIGTERM);
+        in_flight.join().unwrap()
+    });
+    assert_basic_challenge(&response, "the request in flight at SIGTERM");
+    let status = service.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+    let log = service.log_text();
+    let shutdown = log.find("shutting down").unwrap_or(usize::MAX);
+    let answered = log.rfind("status=401").unwrap_or(0);
+    assert!(shutdown < answered, "the request was answered after SIGTERM:\n{log}");
+}
+
+#[test]
+fn metrics_cover_decisions_reloads_logins_and_latency() {
+    let service = Setup::new(RULES).start();
+    let statuses = [
+        service.auth("GET", LIBRARY, None).status,
+        service.auth_user("PUT", COOLTEAM, "alice").status,
+        service.auth_user("GET", COOLTEAM, "alice").status,
+        service.auth("GET", COOLTEAM, None).status,
+        service.auth("GET", COOLTEAM, Some(("alice", "wrong"))).status,
+        service.auth_user("GET", COOLTEAM, "carol").status,
+        service.auth("GET", "/v2/library/../x/manifests/1", None).status,
+        service.auth_headers(&[("X-Original-Method", "GET")]).status,
+    ];
+    assert_eq!(statuses, [200, 200, 200, 401, 401, 403, 403, 500]);
+
+    let text = service.metrics_text();
+    let metrics = parse_metrics(&text);
+    let get = |name: &str| match metrics.get(name) {
+        Some(value) => *value,
+        None => panic!("/metrics has no {name}:\n{text}"),
+    };
+    for (outcome, count) in [
+        ("allowed", 3.0),
+        ("unauthorized", 2.0),
+        ("forbidden", 1.0),
+        ("error", 2.0),
+    ] {
+        assert_eq!(
+            get(&format!("csel_auth_decisions_total{{outcome=\"{outcome}\"}}")),
+            count,
+            "{outcome}"
+        );
+    }
+    for file in ["rules", "htpasswd"] {
+        for result in ["ok", "failed"] {
+            assert_eq!(
+                get(&format!(
+                    "csel_auth_reloads_total{{file=\"{file}\",result=\"{result}\"}}"
+                )),
+                0.0
+            );
+        }
+        assert_eq!(get(&format!("csel_auth_reload_failing{{file=\"{file}\"}}")), 0.0);
+        assert_eq!(get(&format!("csel_auth_version{{file=\"{file}\"}}")), 1.0);
+        let loaded = get(&format!("csel_auth_loaded_timestamp_seconds{{file=\"{file}\"}}"));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!((now - loaded).abs() < 120.0, "{file} loaded at {loaded}, now {now}");
+    }
+    // alice once, alice's wrong password, carol once.
+    assert_eq!(get("csel_auth_bcrypt_checks_total"), 3.0);
+    assert_eq!(get("csel_auth_login_cache_hits_total"), 1.0);
+    assert_eq!(get("csel_auth_throttled_logins_total"), 0.0);
+
+    assert!(text.contains("# TYPE csel_auth_decision_duration_seconds histogram"));
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .iter()
+        .filter_map(|(name, value)| {
+            let bound = name
+                .strip_prefix("csel_auth_decision_duration_seconds_bucket{le=\"")?
+                .strip_suffix("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, *value))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() >= 5, "{buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "cumulative buckets: {buckets:?}"
+    );
+    assert_eq!(buckets.last().map(|b| b.1), Some(8.0));
+    assert_eq!(get("csel_auth_decision_duration_seconds_count"), 8.0);
+    assert!(get("csel_auth_decision_duration_seconds_sum") > 0.0);
+    let response = service.get("/metrics");
+    assert!(response
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+}
