@@ -175,6 +175,16 @@ impl Htpasswd {
         self.hashes.is_empty()
     }
 
+    /// A short fingerprint of `user`'s entry, which changes whenever the entry
+    /// does (a new password, even the same one re-hashed). It reveals nothing
+    /// usable about the password: the bcrypt salt stays inside the hash.
+    pub fn entry_fingerprint(&self, user: &str) -> Option<String> {
+        use sha2::Digest;
+        let hash = self.hashes.get(user)?;
+        let digest = sha2::Sha256::digest(hash.as_bytes());
+        Some(digest[..12].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// The hash to verify `user`'s password against, and whether the user exists. Unknown users
     /// get the dummy hash so that the work done is the same.
     fn hash_to_check(&self, user: &str) -> (&str, bool) {

@@ -599,20 +599,29 @@ impl App {
             }
             TokenRequest::RefreshGrant {
                 refresh_token, scopes, ..
-            } => match token::verify_refresh(&realm.key, &realm.settings, &refresh_token, SystemTime::now()) {
-                Ok(Identity { user: Some(user) }) if self.store.htpasswd().contains(&user) => {
+            } => match token::verify_refresh_bound(&realm.key, &realm.settings, &refresh_token, SystemTime::now()) {
+                // Bound to the password entry: a changed password or a
+                // removed user ends every refresh token issued before.
+                Ok((Identity { user: Some(user) }, binding))
+                    if self.store.htpasswd().entry_fingerprint(&user).as_deref() == Some(binding.as_str()) =>
+                {
                     (Identity::user(user), scopes, false, Some(refresh_token))
                 }
-                _ => return unauthorized("invalid refresh token"),
+                _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
             },
         };
         let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
-        let mut issued = token::issue(
+        let binding = identity
+            .user
+            .as_deref()
+            .and_then(|u| self.store.htpasswd().entry_fingerprint(u))
+            .filter(|_| wants_refresh);
+        let mut issued = token::issue_bound(
             &realm.key,
             &realm.settings,
             &identity,
             &granted,
-            wants_refresh,
+            binding.as_deref(),
             SystemTime::now(),
         );
         if reuse_refresh.is_some() {

@@ -556,6 +556,20 @@ pub fn issue(
     with_refresh: bool,
     now: SystemTime,
 ) -> IssuedToken {
+    issue_bound(key, settings, identity, access, with_refresh.then_some(""), now)
+}
+
+/// As [`issue`]; a refresh token is issued when `refresh_binding` is given,
+/// and carries it (e.g. a fingerprint of the user's password entry) so that
+/// [`verify_refresh_bound`]'s caller can refuse it once the credential changed.
+pub fn issue_bound(
+    key: &TokenKey,
+    settings: &TokenSettings,
+    identity: &Identity,
+    access: &[Scope],
+    refresh_binding: Option<&str>,
+    now: SystemTime,
+) -> IssuedToken {
     // A clock before 1970 yields tokens that are long expired: fails closed.
     let now_secs = unix_seconds(now).unwrap_or(0);
     let subject = identity.subject();
@@ -578,8 +592,11 @@ pub fn issue(
     claims["access"] = Value::Array(entries);
     let token = sign(key, TokenKind::Access, &claims);
 
-    let refresh_token = (with_refresh && !subject.is_empty()).then(|| {
-        let refresh_claims = base_claims(settings, subject, TokenKind::Refresh, now_secs);
+    let refresh_token = refresh_binding.filter(|_| !subject.is_empty()).map(|binding| {
+        let mut refresh_claims = base_claims(settings, subject, TokenKind::Refresh, now_secs);
+        if !binding.is_empty() {
+            refresh_claims["bnd"] = Value::String(binding.to_string());
+        }
         sign(key, TokenKind::Refresh, &refresh_claims)
     });
 
@@ -687,6 +704,8 @@ pub struct VerifiedToken {
     pub token_id: String,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// Refresh tokens: what [`issue_bound`] bound them to (empty if nothing).
+    pub binding: String,
 }
 
 pub fn verify_access(
@@ -705,6 +724,16 @@ pub fn verify_refresh(
     now: SystemTime,
 ) -> Result<Identity, TokenError> {
     verify_token(key, settings, token, now, TokenKind::Refresh).map(|verified| verified.identity)
+}
+
+/// [`verify_refresh`], also returning the token's binding (see [`issue_bound`]).
+pub fn verify_refresh_bound(
+    key: &TokenKey,
+    settings: &TokenSettings,
+    token: &str,
+    now: SystemTime,
+) -> Result<(Identity, String), TokenError> {
+    verify_token(key, settings, token, now, TokenKind::Refresh).map(|verified| (verified.identity, verified.binding))
 }
 
 /// [`verify_access`] returning all verified claims.
@@ -729,6 +758,9 @@ struct Claims {
     jti: String,
     typ: String,
     access: Vec<AccessClaim>,
+    /// Refresh tokens: fingerprint of the credential they were issued for.
+    #[serde(default)]
+    bnd: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -816,6 +848,7 @@ fn verify_token(
             .collect(),
         token_id: claims.jti,
         expires_at: claims.exp,
+        binding: claims.bnd.unwrap_or_default(),
     })
 }
 

@@ -524,3 +524,38 @@ fn tokens_survive_restarts_and_are_shared_by_replicas() {
     let stranger = start(&other_keys.path().join("key"));
     assert_eq!(stranger.auth_bearer("PUT", COOLTEAM, &from_first).status, 401);
 }
+
+#[test]
+fn a_password_change_ends_refresh_tokens_issued_before_it() {
+    let keys = key_dir();
+    let service = start(&keys.path().join("key"));
+    let offline = post_token(
+        &service,
+        &format!("grant_type=password&username=alice&password=alice-password&service={SERVICE}&access_type=offline"),
+    );
+    token_of(&offline);
+    let refresh = offline.json()["refresh_token"].as_str().unwrap_or_default().to_string();
+    let refresh_grant = || {
+        post_token(
+            &service,
+            &format!("grant_type=refresh_token&refresh_token={refresh}&service={SERVICE}"),
+        )
+    };
+    token_of(&refresh_grant());
+
+    // Same password, new hash (a new salt): the entry changed, so the token ends.
+    let htpasswd = service.dir().join("users.htpasswd");
+    let changed = standard_htpasswd()
+        .lines()
+        .map(|line| match line.strip_prefix("alice:") {
+            Some(_) => format!("alice:{}\n", bcrypt_hash("alice-new-password")),
+            None => format!("{line}\n"),
+        })
+        .collect::<String>();
+    write(&htpasswd, &changed);
+    wait_for(Duration::from_secs(5), "the new password in force", || {
+        (service.auth("GET", LIBRARY, Some(("alice", "alice-new-password"))).status == 200).then_some(())
+    });
+    let refused = refresh_grant();
+    assert_eq!(refused.status, 401, "{}", refused.text());
+}
