@@ -451,11 +451,18 @@ impl App {
             decision.reason,
             Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
         );
-        if user.is_none() && !malformed {
+        if (user.is_none() || token_holder) && !malformed {
+            // A valid token that does not cover the request: RFC 6750's
+            // insufficient_scope, which docker reports as "denied".
+            let error = token_holder.then_some("insufficient_scope");
             let reason = decision.reason.to_string();
             let path = decision.path.clone();
-            let mut verdict = self.challenge_for(&decision, None, reason);
+            let mut verdict = self.challenge_for(&decision, error, reason);
             verdict.path = path;
+            if user.is_some() {
+                verdict.outcome = Outcome::Forbidden;
+                verdict.user = user;
+            }
             return verdict;
         }
         let outcome = if malformed { Outcome::Error } else { Outcome::Forbidden };
@@ -470,19 +477,12 @@ impl App {
 
     /// A 401 with the challenge for this request.
     fn challenge(&self, access: &AccessRequest, error: Option<&str>, outcome: Outcome, reason: String) -> Verdict {
-        let decision = match &self.token {
-            // The scope of a Bearer challenge comes from the docker route.
-            Some(_) => decide(&crate::rules::Rules::empty(), None, access),
-            None => Decision {
-                allowed: false,
-                reason: Reason::NoGrant,
-                path: None,
-                action: None,
-                docker: None,
-            },
-        };
+        // Decided on empty rules only for the canonical path (for the log)
+        // and the docker route (the scope of a Bearer challenge).
+        let decision = decide(&crate::rules::Rules::empty(), None, access);
         let mut verdict = self.challenge_for(&decision, error, reason);
         verdict.outcome = outcome;
+        verdict.path = decision.path;
         verdict
     }
 

@@ -1,0 +1,368 @@
+//! End-to-end with raw HTTP through nginx: hostile paths
+//! (tests/data/attacks.txt: encoded and dot segments, double slashes,
+//! backslashes, case, methods, the catalog, ambiguous mounts) never return
+//! private manifest or blob bytes, and a cross-repository mount whose form
+//! body names another source than its query is refused, in basic and in
+//! token mode.
+
+#[path = "e2e/harness.rs"]
+mod harness;
+#[path = "e2e/stack.rs"]
+mod stack;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use harness::*;
+use stack::*;
+
+/// The digest attacks.txt uses as a placeholder (sha256 of nothing).
+const PLACEHOLDER_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Private content seeded for the attacks, and the strings that would show
+/// it leaked.
+struct Private {
+    team: SeededImage,
+    alice: SeededImage,
+    secret: SeededImage,
+}
+
+impl Private {
+    fn seed(stack: &Stack) -> Result<Self> {
+        stack.seed_image("library/alpine", "1", "public library/alpine\n")?;
+        Ok(Self {
+            team: stack.seed_image("coolteam/app", "1.0", "PRIVATE coolteam/app layer\n")?,
+            alice: stack.seed_image("alice/tools", "1", "PRIVATE alice/tools layer\n")?,
+            secret: stack.seed_image("alice/secret", "1", "PRIVATE alice/secret layer\n")?,
+        })
+    }
+
+    /// Strings no error page contains: the layer contents, the config
+    /// digests (only in manifests), the keys of tag lists and the catalog.
+    fn needles(&self) -> Vec<String> {
+        let mut needles = vec!["\"tags\"".to_string(), "\"repositories\"".to_string()];
+        for image in [&self.team, &self.alice, &self.secret] {
+            needles.push(image.content.trim_end().to_string());
+            needles.push(image.config_digest.trim_start_matches("sha256:").to_string());
+        }
+        needles
+    }
+
+    /// The first needle `body` contains.
+    fn leaked<'a>(&self, needles: &'a [String], body: &[u8]) -> Option<&'a str> {
+        let text = String::from_utf8_lossy(body);
+        needles.iter().find(|n| text.contains(n.as_str())).map(String::as_str)
+    }
+}
+
+/// One line of attacks.txt: `USER METHOD URI [CONTENT-TYPE]`.
+struct Attack {
+    line_number: usize,
+    user: String,
+    method: String,
+    uri: String,
+    content_type: Option<String>,
+}
+
+/// Reads attacks.txt. The URI is the rest of the line up to a trailing
+/// content type (it may hold spaces: `/v2/library/.. /coolteam/…`).
+fn read_attacks() -> Result<Vec<Attack>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/attacks.txt");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut attacks = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.splitn(3, ' ');
+        let (Some(user), Some(method), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("{}:{}: expected `USER METHOD URI`", path.display(), index + 1);
+        };
+        let (uri, content_type) = match rest.rsplit_once(' ') {
+            Some((uri, last)) if last.contains('/') && !last.starts_with('/') => (uri, Some(last.to_string())),
+            _ => (rest, None),
+        };
+        attacks.push(Attack {
+            line_number: index + 1,
+            user: user.to_string(),
+            method: method.to_string(),
+            uri: uri.to_string(),
+            content_type,
+        });
+    }
+    ensure!(
+        attacks.len() > 400,
+        "only {} attacks read from {}",
+        attacks.len(),
+        path.display()
+    );
+    Ok(attacks)
+}
+
+#[test]
+fn path_tricks_basic_mode() -> Result<()> {
+    path_tricks(Mode::Basic)
+}
+
+#[test]
+fn path_tricks_token_mode() -> Result<()> {
+    path_tricks(Mode::Token)
+}
+
+fn path_tricks(mode: Mode) -> Result<()> {
+    let stack = step(&format!("[{mode}] start a stack with examples/registry.rules"), || {
+        Stack::start(mode, &example("registry.rules")?)
+    })?;
+    let private = Private::seed(&stack)?;
+    let needles = private.needles();
+    let mut authorizations: HashMap<String, Option<String>> = HashMap::new();
+    for user in ["anonymous", "alice", "bob", "carol"] {
+        let who = (user != "anonymous").then_some(user);
+        // Token mode: the anonymous attacker holds a (valid) anonymous token.
+        authorizations.insert(user.to_string(), stack.authorization(who)?);
+    }
+
+    step(
+        &format!("[{mode}] the owners read the private content (the needles are seen)"),
+        || {
+            let team = authorizations["alice"].as_deref();
+            let reads = [
+                (team, format!("/v2/coolteam/app/manifests/{}", private.team.tag)),
+                (team, format!("/v2/coolteam/app/blobs/{}", private.team.layer_digest)),
+                (team, "/v2/coolteam/app/tags/list".to_string()),
+                (team, format!("/v2/alice/tools/manifests/{}", private.alice.tag)),
+                (team, format!("/v2/alice/secret/blobs/{}", private.secret.layer_digest)),
+            ];
+            for (authorization, path) in reads {
+                let response = stack.request(
+                    authorization,
+                    "GET",
+                    &path,
+                    &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+                    b"",
+                )?;
+                ensure!(response.status == 200, "GET {path} as alice: {response:?}");
+                ensure!(
+                    private.leaked(&needles, &response.body).is_some(),
+                    "GET {path} as alice returned none of {needles:?}: {}",
+                    response.body_text()
+                );
+            }
+            Ok(())
+        },
+    )?;
+
+    step(
+        &format!("[{mode}] every request of tests/data/attacks.txt is refused without private bytes"),
+        || {
+            let attacks = read_attacks()?;
+            let mut failures = Vec::new();
+            let mut statuses: HashMap<u16, usize> = HashMap::new();
+            for attack in &attacks {
+                // Point the placeholder digest at real private blobs: alice's
+                // secret layer for mounts, coolteam's layer for reads.
+                let digest = if attack.uri.contains("/blobs/uploads/") {
+                    &private.secret.layer_digest
+                } else {
+                    &private.team.layer_digest
+                };
+                let uri = attack.uri.replace(PLACEHOLDER_DIGEST, digest);
+                let authorization = authorizations
+                    .get(&attack.user)
+                    .with_context(|| format!("attacks.txt:{}: unknown user {}", attack.line_number, attack.user))?;
+                let mut headers = Vec::new();
+                let mut body: &[u8] = b"";
+                if let Some(content_type) = &attack.content_type {
+                    headers.push(("Content-Type", content_type.as_str()));
+                    // The body the registry would read `from` out of.
+                    body = b"from=alice%2Fsecret";
+                }
+                let response = stack.request(authorization.as_deref(), &attack.method, &uri, &headers, body)?;
+                *statuses.entry(response.status).or_default() += 1;
+                let leaked = private.leaked(&needles, &response.body);
+                if (200..300).contains(&response.status) || leaked.is_some() {
+                    failures.push(format!(
+                        "attacks.txt:{}: {} {} {uri} -> {} (leaked {leaked:?}) {}",
+                        attack.line_number,
+                        attack.user,
+                        attack.method,
+                        response.status,
+                        response.body_text()
+                    ));
+                }
+            }
+            let mut summary: Vec<_> = statuses.into_iter().collect();
+            summary.sort();
+            eprintln!("[{mode}] {} attacks, statuses {summary:?}", attacks.len());
+            ensure!(
+                failures.is_empty(),
+                "{} of {} attacks were let through:\n{}",
+                failures.len(),
+                attacks.len(),
+                failures.join("\n")
+            );
+            // Nothing was mounted into coolteam/app from alice's secret.
+            let mounted = stack
+                .registry
+                .get(&format!("/v2/coolteam/app/blobs/{}", private.secret.layer_digest))?;
+            ensure!(
+                mounted.status == 404,
+                "alice's secret blob is in coolteam/app: {mounted:?}"
+            );
+            Ok(())
+        },
+    )?;
+
+    step(
+        &format!("[{mode}] forged X-Original-* headers from the client are ignored"),
+        || {
+            let authorization = authorizations["anonymous"].as_deref();
+            let path = format!("/v2/coolteam/app/manifests/{}", private.team.tag);
+            let response = stack.request(
+                authorization,
+                "GET",
+                &path,
+                &[
+                    ("X-Original-URI", "/v2/library/alpine/manifests/1"),
+                    ("X-Original-Method", "GET"),
+                    ("X-Auth-User", "alice"),
+                ],
+                b"",
+            )?;
+            ensure!(
+                response.status == 401 && private.leaked(&needles, &response.body).is_none(),
+                "GET {path} with forged headers: {response:?}"
+            );
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn mount_from_a_form_body_basic_mode() -> Result<()> {
+    mount_from_a_form_body(Mode::Basic)
+}
+
+#[test]
+fn mount_from_a_form_body_token_mode() -> Result<()> {
+    mount_from_a_form_body(Mode::Token)
+}
+
+/// distribution reads `from` with Go's FormValue: a form body wins over the
+/// query, and the first duplicate wins. csel-auth sees only the query.
+fn mount_from_a_form_body(mode: Mode) -> Result<()> {
+    let stack = step(&format!("[{mode}] start a stack with examples/registry.rules"), || {
+        Stack::start(mode, &example("registry.rules")?)
+    })?;
+    let public = stack.seed_image("library/alpine", "1", "public library/alpine\n")?;
+    // A blob only carol/x holds: alice (coolteam) may not read it.
+    let secret = stack.registry.push_blob("carol/x", b"PRIVATE carol/x blob\n")?;
+    let alice = stack.authorization(Some("alice"))?;
+    let alice = alice.as_deref();
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let mount = format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=library/alpine");
+
+    step(
+        &format!("[{mode}] control: the registry itself mounts from the form body"),
+        || {
+            let direct = http_request(
+                &ListenAddr::Tcp(stack.registry.addr()),
+                "POST",
+                &format!("/v2/coolteam/control/blobs/uploads/?mount={secret}&from=library/alpine"),
+                &[form],
+                b"from=carol%2Fx",
+            )?;
+            ensure!(
+                direct.status == 201,
+                "the registry did not mount from the body: {direct:?}"
+            );
+            Ok(())
+        },
+    )?;
+    step(
+        &format!("[{mode}] control: a mount alice may make works through nginx"),
+        || {
+            let response = stack.request(
+                alice,
+                "POST",
+                &format!(
+                    "/v2/coolteam/app/blobs/uploads/?mount={}&from=library/alpine",
+                    public.layer_digest
+                ),
+                &[],
+                b"",
+            )?;
+            ensure!(response.status == 201, "mount from library/alpine: {response:?}");
+            Ok(())
+        },
+    )?;
+    step(
+        &format!("[{mode}] the same query without a body does not mount carol's blob"),
+        || {
+            let response = stack.request(alice, "POST", &mount, &[], b"")?;
+            ensure!(response.status == 202, "POST {mount} without a body: {response:?}");
+            Ok(())
+        },
+    )?;
+    // (what, URI, Content-Type, body)
+    let variants: [(&str, String, Option<&str>, &[u8]); 5] = [
+        (
+            "a form body naming carol/x",
+            mount.clone(),
+            Some(form.1),
+            b"from=carol%2Fx",
+        ),
+        (
+            "a form body with a charset",
+            mount.clone(),
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            b"from=carol%2Fx",
+        ),
+        (
+            "a multipart form body",
+            mount.clone(),
+            Some("multipart/form-data; boundary=x"),
+            b"--x\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\ncarol/x\r\n--x--\r\n",
+        ),
+        (
+            "a repeated from, carol/x first",
+            format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=carol/x&from=library/alpine"),
+            None,
+            b"",
+        ),
+        (
+            "a repeated from, carol/x second",
+            format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=library/alpine&from=carol/x"),
+            None,
+            b"",
+        ),
+    ];
+    for (what, uri, content_type, body) in variants {
+        step(&format!("[{mode}] a mount with {what} is refused"), || {
+            let headers: Vec<_> = content_type.map(|c| ("Content-Type", c)).into_iter().collect();
+            let response = stack.request(alice, "POST", &uri, &headers, body)?;
+            ensure!(
+                !(200..300).contains(&response.status),
+                "POST {uri} ({what}) was let through: {response:?}"
+            );
+            Ok(())
+        })?;
+    }
+    step(&format!("[{mode}] carol's blob never reached coolteam/app"), || {
+        let blob = stack.registry.get(&format!("/v2/coolteam/app/blobs/{secret}"))?;
+        ensure!(blob.status == 404, "carol's blob is in coolteam/app: {blob:?}");
+        expect_log_line(
+            "csel-auth logged the form-body refusal",
+            &stack.decision_log(),
+            &[
+                "status=403",
+                "user=\"alice\"",
+                "method=\"POST\"",
+                "/v2/coolteam/app/blobs/uploads/",
+            ],
+        )
+    })?;
+    Ok(())
+}
