@@ -279,37 +279,27 @@ impl App {
             reason,
             path: None,
         };
-        let uri = match single_header(headers, X_ORIGINAL_URI) {
-            Single::Present(v) => v,
+        // nginx sets both itself; without them nginx is misconfigured (500,
+        // which nginx passes on) and the log says which directive is missing.
+        let required = |name: &'static str, directive: &str| match single_header(headers, name) {
+            Single::Present(v) => Ok(v),
             Single::Absent => {
-                tracing::error!("/auth request without X-Original-URI: add `proxy_set_header X-Original-URI $request_uri;` to the nginx auth location (see nginx/csel-auth.conf)");
-                return refuse(
+                tracing::error!("/auth request without {name}: add `{directive}` to the nginx auth location (see nginx/csel-auth.conf)");
+                Err(refuse(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     Outcome::Error,
-                    "missing X-Original-URI".into(),
-                );
+                    format!("missing {name}"),
+                ))
             }
-            Single::Invalid(why) => {
-                return refuse(StatusCode::FORBIDDEN, Outcome::Error, format!("X-Original-URI {why}"))
-            }
+            Single::Invalid(why) => Err(refuse(StatusCode::FORBIDDEN, Outcome::Error, format!("{name} {why}"))),
         };
-        let method = match single_header(headers, X_ORIGINAL_METHOD) {
-            Single::Present(v) => v,
-            Single::Absent => {
-                tracing::error!("/auth request without X-Original-Method: add `proxy_set_header X-Original-Method $request_method;` to the nginx auth location (see nginx/csel-auth.conf)");
-                return refuse(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Outcome::Error,
-                    "missing X-Original-Method".into(),
-                );
-            }
-            Single::Invalid(why) => {
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    Outcome::Error,
-                    format!("X-Original-Method {why}"),
-                )
-            }
+        let uri = match required(X_ORIGINAL_URI, "proxy_set_header X-Original-URI $request_uri;") {
+            Ok(v) => v,
+            Err(verdict) => return verdict,
+        };
+        let method = match required(X_ORIGINAL_METHOD, "proxy_set_header X-Original-Method $request_method;") {
+            Ok(v) => v,
+            Err(verdict) => return verdict,
         };
         let format = match single_header(headers, X_REPOSITORY_FORMAT) {
             Single::Absent => self.default_format.as_str(),
