@@ -90,11 +90,11 @@ impl Metrics {
 
     pub fn record_decision(&self, outcome: Outcome, elapsed: Duration) {
         self.decisions[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        // One atomic per decision, not one per bucket above the latency: both worker threads
+        // write these, and every shared write moves the cache line. `render` adds them up.
         let seconds = elapsed.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_nanos
@@ -134,11 +134,12 @@ impl Metrics {
             "# HELP csel_auth_decision_duration_seconds Time to answer /auth, bcrypt included."
         );
         let _ = writeln!(out, "# TYPE csel_auth_decision_duration_seconds histogram");
+        let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "csel_auth_decision_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.latency_buckets[i].load(Ordering::Relaxed)
+                "csel_auth_decision_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);

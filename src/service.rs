@@ -93,13 +93,18 @@ pub struct App {
     token: Option<TokenRealm>,
     default_format: String,
     basic_challenge: HeaderValue,
+    /// Access tokens whose signature and claims were verified: token -> (identity, `exp`).
+    verified_tokens: std::sync::Mutex<std::collections::HashMap<String, (Identity, u64)>>,
 }
 
-const X_ORIGINAL_URI: &str = "x-original-uri";
-const X_ORIGINAL_METHOD: &str = "x-original-method";
-const X_REPOSITORY_FORMAT: &str = "x-repository-format";
-const X_ORIGINAL_CONTENT_TYPE: &str = "x-original-content-type";
-const X_REAL_IP: &str = "x-real-ip";
+/// Verified access tokens remembered; the map is emptied when full.
+const VERIFIED_TOKENS_LIMIT: usize = 10_000;
+
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_REPOSITORY_FORMAT: HeaderName = HeaderName::from_static("x-repository-format");
+const X_ORIGINAL_CONTENT_TYPE: HeaderName = HeaderName::from_static("x-original-content-type");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 
 type Body = Full<Bytes>;
@@ -134,7 +139,7 @@ enum Single<'a> {
     Invalid(&'static str),
 }
 
-fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Single<'a> {
+fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Single<'a> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Single::Absent,
@@ -185,6 +190,7 @@ impl App {
             token,
             default_format: config.default_format.clone(),
             basic_challenge,
+            verified_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -237,7 +243,7 @@ impl App {
     async fn auth(&self, request: &Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let headers = request.headers();
-        let client = match single_header(headers, X_REAL_IP) {
+        let client = match single_header(headers, &X_REAL_IP) {
             Single::Present(ip) => ip.parse::<IpAddr>().ok(),
             _ => None,
         };
@@ -255,7 +261,7 @@ impl App {
             }
         };
         self.metrics.record_decision(verdict.outcome, started.elapsed());
-        let method = match single_header(headers, X_ORIGINAL_METHOD) {
+        let method = match single_header(headers, &X_ORIGINAL_METHOD) {
             Single::Present(m) => m,
             _ => "-",
         };
@@ -281,27 +287,23 @@ impl App {
         };
         // nginx sets both itself; without them nginx is misconfigured (500,
         // which nginx passes on) and the log says which directive is missing.
-        let required = |name: &'static str, directive: &str| match single_header(headers, name) {
+        let required = |name: HeaderName, directive: &str| match single_header(headers, &name) {
             Single::Present(v) => Ok(v),
             Single::Absent => {
                 tracing::error!("/auth request without {name}: add `{directive}` to the nginx auth location (see nginx/csel-auth.conf)");
-                Err(refuse(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Outcome::Error,
-                    format!("missing {name}"),
-                ))
+                Err((StatusCode::INTERNAL_SERVER_ERROR, format!("missing {name}")))
             }
-            Single::Invalid(why) => Err(refuse(StatusCode::FORBIDDEN, Outcome::Error, format!("{name} {why}"))),
+            Single::Invalid(why) => Err((StatusCode::FORBIDDEN, format!("{name} {why}"))),
         };
         let uri = match required(X_ORIGINAL_URI, "proxy_set_header X-Original-URI $request_uri;") {
             Ok(v) => v,
-            Err(verdict) => return verdict,
+            Err((status, reason)) => return refuse(status, Outcome::Error, reason),
         };
         let method = match required(X_ORIGINAL_METHOD, "proxy_set_header X-Original-Method $request_method;") {
             Ok(v) => v,
-            Err(verdict) => return verdict,
+            Err((status, reason)) => return refuse(status, Outcome::Error, reason),
         };
-        let format = match single_header(headers, X_REPOSITORY_FORMAT) {
+        let format = match single_header(headers, &X_REPOSITORY_FORMAT) {
             Single::Absent => self.default_format.as_str(),
             Single::Present(f) if is_format_name(f) => f,
             _ => {
@@ -312,7 +314,7 @@ impl App {
                 )
             }
         };
-        let content_type = match single_header(headers, X_ORIGINAL_CONTENT_TYPE) {
+        let content_type = match single_header(headers, &X_ORIGINAL_CONTENT_TYPE) {
             Single::Absent => None,
             Single::Present(c) => Some(c),
             Single::Invalid(why) => {
@@ -372,7 +374,7 @@ impl App {
                         "bearer token without --token-realm".into(),
                     );
                 };
-                match token::verify_access(&realm.key, &realm.settings, &bearer, SystemTime::now()) {
+                match self.verify_access_cached(realm, &bearer) {
                     Ok(Identity { user: None }) => {
                         token_holder = true;
                         None
@@ -433,7 +435,12 @@ impl App {
                 response,
                 outcome: Outcome::Allowed,
                 user,
-                reason: decision.reason.to_string(),
+                // Only the decision log reads it: `--log warn` skips the formatting.
+                reason: if tracing::enabled!(target: "csel_auth::decision", tracing::Level::INFO) {
+                    decision.reason.to_string()
+                } else {
+                    String::new()
+                },
                 path: decision.path,
             };
         }
@@ -506,7 +513,7 @@ impl App {
         };
         let is_post = request.method() == Method::POST;
         let headers = request.headers().clone();
-        let client = match single_header(&headers, X_REAL_IP) {
+        let client = match single_header(&headers, &X_REAL_IP) {
             Single::Present(ip) => ip.parse::<IpAddr>().ok(),
             _ => None,
         };
@@ -631,6 +638,30 @@ impl App {
             "application/json; charset=utf-8",
             token::token_response_json(&issued),
         )
+    }
+
+    /// [`token::verify_access`], remembering verified tokens until they expire: a pull sends the
+    /// same token with every request, and verifying it (HMAC, base64, JSON) costs more than
+    /// deciding. The subject is still checked against the htpasswd file and every request is
+    /// still decided by the current rules.
+    fn verify_access_cached(&self, realm: &TokenRealm, bearer: &str) -> Result<Identity, token::TokenError> {
+        let now = SystemTime::now();
+        let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Ok(cache) = self.verified_tokens.lock() {
+            if let Some((identity, expires_at)) = cache.get(bearer) {
+                if now_secs < *expires_at {
+                    return Ok(identity.clone());
+                }
+            }
+        }
+        let verified = token::verify_access_token(&realm.key, &realm.settings, bearer, now)?;
+        if let Ok(mut cache) = self.verified_tokens.lock() {
+            if cache.len() >= VERIFIED_TOKENS_LIMIT {
+                cache.clear();
+            }
+            cache.insert(bearer.to_string(), (verified.identity.clone(), verified.expires_at));
+        }
+        Ok(verified.identity)
     }
 
     async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {

@@ -95,6 +95,10 @@ impl LoginThrottle {
 
     pub fn record_success_at(&self, user: &str, _client: Option<IpAddr>, now: Instant) {
         let mut state = self.lock();
+        // The usual case, nobody failing: nothing to forget, no key to build.
+        if state.records.is_empty() {
+            return;
+        }
         state.forget_expired(now);
         state.remove(&ThrottleKey::User(user.to_string()));
     }

@@ -14,23 +14,54 @@ use crate::grammar::Rule;
 pub const MAX_NESTING: usize = 64;
 
 /// Where the text being built comes from, for error messages.
+///
+/// The parsed text may be a slice of `source` (a rules file is parsed a few statements at a time,
+/// so the parse tree of a large file never exists whole): pest's positions are then relative to
+/// the slice, which starts at byte `offset` of `source`, on line and column `origin`.
 pub(crate) struct BuildContext<'s> {
     pub file: &'s str,
     pub source: &'s str,
+    pub offset: usize,
+    pub origin: (usize, usize),
 }
 
-impl BuildContext<'_> {
+impl<'s> BuildContext<'s> {
+    /// For text parsed whole.
+    pub fn whole(file: &'s str, source: &'s str) -> Self {
+        BuildContext {
+            file,
+            source,
+            offset: 0,
+            origin: (1, 1),
+        }
+    }
+
     pub fn error_at(&self, pair: &Pair<Rule>, message: impl Into<String>) -> Diagnostic {
         let span = pair.as_span();
-        Diagnostic::at(self.file, self.source, span.start(), span.end(), message)
+        Diagnostic::at(
+            self.file,
+            self.source,
+            self.offset + span.start(),
+            self.offset + span.end(),
+            message,
+        )
+    }
+
+    /// 1-based line and column (in characters) of the pair's start in `source`.
+    pub fn line_col(&self, pair: &Pair<Rule>) -> (usize, usize) {
+        match pair.line_col() {
+            (1, column) => (self.origin.0, self.origin.1 + column - 1),
+            (line, column) => (self.origin.0 + line - 1, column),
+        }
     }
 
     /// Turns pest's error into "expected X after `Y`".
     pub fn syntax_error(&self, error: pest::error::Error<Rule>) -> Diagnostic {
-        let position = match error.location {
-            InputLocation::Pos(p) => p,
-            InputLocation::Span((s, _)) => s,
-        };
+        let position = self.offset
+            + match error.location {
+                InputLocation::Pos(p) => p,
+                InputLocation::Span((s, _)) => s,
+            };
         let expected = match &error.variant {
             ErrorVariant::ParsingError { positives, .. } => describe_expected(positives),
             ErrorVariant::CustomError { message } => message.clone(),
@@ -73,7 +104,12 @@ fn previous_token(source: &str, position: usize) -> Option<&str> {
     if before.is_empty() {
         return None;
     }
-    let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    // Past the whitespace character, which may be more than one byte (U+2000).
+    let start = before
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let token = &before[start..];
     let token = if token.chars().count() > 24 {
         let cut = token.char_indices().rev().nth(23).map_or(0, |(i, _)| i);
@@ -332,6 +368,12 @@ pub(crate) fn check_nesting(file: &str, text: &str, comments: bool) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::unescape;
+
+    #[test]
+    fn multibyte_whitespace_before_an_error_is_no_panic() {
+        let text = "'.\u{1EEA7}Q\u{2000}&'";
+        assert!(crate::csel::Expression::parse(text).is_err());
+    }
 
     #[test]
     fn escapes_follow_nexus() {

@@ -111,7 +111,7 @@ impl Operand {
     fn resolve<'a>(&'a self, facts: &Facts<'a>) -> std::borrow::Cow<'a, str> {
         match self {
             Operand::Variable(v) => v.value(facts).into(),
-            Operand::Text(t) if t.contains(pattern::USER_TEMPLATE) => {
+            Operand::Text(t) if has_user_template(t) => {
                 t.replace(pattern::USER_TEMPLATE, facts.user.unwrap_or_default()).into()
             }
             Operand::Text(t) => t.as_str().into(),
@@ -130,17 +130,68 @@ pub struct Comparison {
 
 impl Comparison {
     fn evaluate(&self, facts: &Facts) -> bool {
-        let left = self.left.resolve(facts);
-        match self.op {
-            CompareOp::Matches => match &self.pattern {
+        if self.op == CompareOp::Matches {
+            let left = self.left.resolve(facts);
+            return match &self.pattern {
                 Some(pattern) => pattern.matches(&left, facts.user),
                 None => false,
-            },
-            CompareOp::Equals => left == self.right.resolve(facts),
-            CompareOp::NotEquals => left != self.right.resolve(facts),
-            CompareOp::StartsWith => left.starts_with(&*self.right.resolve(facts)),
+            };
         }
+        // The usual shape, `path =^ "/v2/library/"` or `path =^ "/v2/${user}/"`: nothing to build.
+        if let (Operand::Variable(variable), Operand::Text(text)) = (&self.left, &self.right) {
+            let value = variable.value(facts);
+            if !has_user_template(text) {
+                return compare(self.op, value, text);
+            }
+            let rest = template_prefix_of(text, facts.user.unwrap_or_default(), value);
+            return match self.op {
+                CompareOp::StartsWith => rest.is_some(),
+                CompareOp::NotEquals => rest != Some(""),
+                _ => rest == Some(""),
+            };
+        }
+        compare(self.op, &self.left.resolve(facts), &self.right.resolve(facts))
     }
+}
+
+fn compare(op: CompareOp, left: &str, right: &str) -> bool {
+    match op {
+        CompareOp::Equals => left == right,
+        CompareOp::NotEquals => left != right,
+        CompareOp::StartsWith => left.starts_with(right),
+        // A pattern is compiled at load; without one nothing matches.
+        CompareOp::Matches => false,
+    }
+}
+
+/// Where the first `${user}` of `text` starts. Asked at every evaluation, so a plain byte scan
+/// for `$` rather than a substring search, whose set-up costs more than these short texts.
+fn find_user_template(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(dollar) = bytes[from..].iter().position(|b| *b == b'$') {
+        let at = from + dollar;
+        if bytes[at..].starts_with(pattern::USER_TEMPLATE.as_bytes()) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+fn has_user_template(text: &str) -> bool {
+    find_user_template(text).is_some()
+}
+
+/// When `template` with every `${user}` replaced by `user` is a prefix of `value`: the rest of
+/// `value`. Nothing is built.
+fn template_prefix_of<'v>(mut template: &str, user: &str, value: &'v str) -> Option<&'v str> {
+    let mut rest = value;
+    while let Some(at) = find_user_template(template) {
+        rest = rest.strip_prefix(&template[..at])?.strip_prefix(user)?;
+        template = &template[at + pattern::USER_TEMPLATE.len()..];
+    }
+    rest.strip_prefix(template)
 }
 
 /// The syntax tree. Parentheses leave no node of their own; `Or` and `And`
@@ -208,10 +259,7 @@ impl Expression {
     /// As [`Expression::parse`], naming the source in errors.
     pub fn parse_named(source_name: &str, text: &str) -> Result<Expression, Diagnostic> {
         check_nesting(source_name, text, false)?;
-        let ctx = BuildContext {
-            file: source_name,
-            source: text,
-        };
+        let ctx = BuildContext::whole(source_name, text);
         let mut pairs = Grammar::parse(Rule::expression, text).map_err(|e| ctx.syntax_error(e))?;
         let Some(expression) = pairs.next() else {
             return Err(Diagnostic::at(source_name, text, 0, 0, "expected an expression"));
@@ -274,6 +322,26 @@ mod tests {
         let e = Expression::parse(r#"path == "a" or path == "b" and format == "npm""#).unwrap();
         assert!(e.matches(&facts("a")));
         assert!(!e.matches(&facts("b")));
+    }
+
+    #[test]
+    fn user_template_compares_as_the_replaced_text() {
+        for (text, path, expected) in [
+            (r#"path =^ "/v2/${user}/""#, "/v2/alice/x", true),
+            (r#"path =^ "/v2/${user}/""#, "/v2/alicex/x", false),
+            (r#"path =^ "/v2/${user}/""#, "/v2/alic", false),
+            (r#"path == "/v2/${user}/${user}""#, "/v2/alice/alice", true),
+            (r#"path == "/v2/${user}/${user}""#, "/v2/alice/alice/", false),
+            (r#"path != "/v2/${user}/""#, "/v2/alice/", false),
+            (r#"path != "/v2/${user}/""#, "/v2/alice/x", true),
+            (r#"path == "${user}""#, "alice", true),
+            (r#"path =^ "${user}${user}""#, "alicealice", true),
+            (r#""/v2/${user}/x" =^ path"#, "/v2/alice/", true),
+            (r#""/v2/${user}/x" =^ path"#, "/v2/bob/", false),
+        ] {
+            let e = Expression::parse(text).unwrap();
+            assert_eq!(e.matches(&facts(path)), expected, "{text} on {path}");
+        }
     }
 
     #[test]

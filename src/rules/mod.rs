@@ -305,24 +305,28 @@ impl Rules {
         numbers.into_iter().map(|n| &self.grants[n as usize]).collect()
     }
 
-    /// The first grant (in file order among the user's grants) that allows
-    /// `action` on the request described by `facts`.
+    /// A grant that allows `action` on the request described by `facts`:
+    /// the first that does among the grants to everyone, then to every user,
+    /// to the user by name, and to each of the user's groups. Only these
+    /// lists are looked at, so the cost does not grow with the grants that
+    /// concern other users; nothing is allocated.
     pub fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
-        let mut lists: Vec<&[u32]> = vec![&self.index.anonymous];
-        if let Some(user) = user {
-            lists.push(&self.index.authenticated);
-            if let Some(own) = self.index.by_user.get(user) {
-                lists.push(own);
-            }
-            for group in self.groups_of_user.get(user).into_iter().flatten() {
-                lists.push(&self.index.by_group[*group]);
-            }
+        let first_in = |numbers: &[u32]| {
+            numbers
+                .iter()
+                .map(|n| &self.grants[*n as usize])
+                .find(|grant| grant.actions.contains(action) && self.target_matches_any(grant, facts))
+        };
+        if let Some(grant) = first_in(&self.index.anonymous) {
+            return Some(grant);
         }
-        lists
+        let user = user?;
+        let own = self.index.by_user.get(user).map_or(&[][..], Vec::as_slice);
+        let groups = self.groups_of_user.get(user).map_or(&[][..], Vec::as_slice);
+        [&self.index.authenticated[..], own]
             .into_iter()
-            .flatten()
-            .map(|n| &self.grants[*n as usize])
-            .find(|grant| grant.actions.contains(action) && self.target_matches_any(grant, facts))
+            .chain(groups.iter().map(|group| &self.index.by_group[*group][..]))
+            .find_map(first_in)
     }
 
     /// Whether one of the grant's targets matches.
@@ -370,9 +374,16 @@ pub(crate) enum ReadError {
     TooLarge(u64),
 }
 
-/// Reads a whole file, refusing one larger than `limit` without reading it.
+/// Reads a whole file, refusing one larger than `limit` without reading it,
+/// and anything but a regular file without opening it (opening a FIFO blocks).
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
+    if !std::fs::metadata(path).map_err(ReadError::Io)?.is_file() {
+        return Err(ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let file = std::fs::File::open(path).map_err(ReadError::Io)?;
     let size = file.metadata().map_err(ReadError::Io)?.len();
     if size > limit {
