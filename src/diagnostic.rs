@@ -54,6 +54,10 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Longest part of a source line shown under an error: a 1 MB literal must
+/// not make a 1 MB error message.
+const SHOWN_LINE_CHARS: usize = 120;
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let number = self.line.to_string();
@@ -61,15 +65,32 @@ impl fmt::Display for Diagnostic {
         writeln!(f, "error: {}", self.message)?;
         writeln!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.column)?;
         writeln!(f, "{pad} |")?;
-        writeln!(f, "{number} | {}", self.line_text.replace('\t', " "))?;
-        let lead: String = self
+        // A window of the line around the column, marked with `…` where cut.
+        let chars: Vec<char> = self
             .line_text
             .chars()
-            .take(self.column - 1)
             .map(|c| if c == '\t' { ' ' } else { c })
-            .map(|c| if c.is_whitespace() { c } else { ' ' })
             .collect();
-        write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
+        let column = self.column.saturating_sub(1).min(chars.len());
+        let start = column.saturating_sub(SHOWN_LINE_CHARS / 3);
+        let end = (start + SHOWN_LINE_CHARS).min(chars.len());
+        let (head, tail) = (
+            if start > 0 { "…" } else { "" },
+            if end < chars.len() { "…" } else { "" },
+        );
+        let shown: String = chars[start..end].iter().collect();
+        writeln!(f, "{number} | {head}{shown}{tail}")?;
+        let lead: String = chars[start..column]
+            .iter()
+            .map(|c| if c.is_whitespace() { *c } else { ' ' })
+            .collect();
+        let width = self.width.min(end.saturating_sub(column)).max(1);
+        write!(
+            f,
+            "{pad} | {}{lead}{}",
+            if start > 0 { " " } else { "" },
+            "^".repeat(width)
+        )?;
         if let Some(help) = &self.help {
             write!(f, "\n{pad} = help: {help}")?;
         }
@@ -142,6 +163,19 @@ mod tests {
         let shown = d.to_string();
         assert!(shown.contains("--> r.rules:2:15"), "{shown}");
         assert!(shown.ends_with("  |               ^^^^^^"), "{shown}");
+    }
+
+    #[test]
+    fn long_lines_are_shown_as_a_window() {
+        let src = format!("selector x = path == \"{}\" and pth == \"y\"", "a".repeat(1 << 20));
+        let start = src.find("pth").unwrap();
+        let d = Diagnostic::at("r.rules", &src, start, start + 3, "unknown variable `pth`");
+        let shown = d.to_string();
+        assert!(shown.len() < 1000, "{} bytes", shown.len());
+        let lines: Vec<&str> = shown.lines().collect();
+        let caret = lines[4].chars().position(|c| c == '^').unwrap();
+        let shown_line: String = lines[3].chars().skip(caret).collect();
+        assert!(shown_line.starts_with("pth"), "{shown}");
     }
 
     #[test]

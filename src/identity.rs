@@ -22,6 +22,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use tokio::sync::{watch, Semaphore};
 
+/// The largest htpasswd file read, at start and on reload (about 400 000 users).
+pub const MAX_HTPASSWD_BYTES: u64 = crate::rules::MAX_RULES_BYTES;
+
 /// The longest `Authorization` header value accepted; longer ones are rejected before decoding.
 pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
 
@@ -129,12 +132,18 @@ impl Htpasswd {
         })
     }
 
-    /// Reads and parses an htpasswd file.
+    /// Reads and parses an htpasswd file (at most [`MAX_HTPASSWD_BYTES`], the
+    /// same bound as on reload).
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| HtpasswdError::Io {
+        let bytes = crate::rules::read_bounded(path, MAX_HTPASSWD_BYTES).map_err(|e| HtpasswdError::Io {
             file: file.clone(),
-            source,
+            source: match e {
+                crate::rules::ReadError::Io(source) => source,
+                crate::rules::ReadError::TooLarge(size) => {
+                    std::io::Error::other(format!("it is {size} bytes; the limit is {MAX_HTPASSWD_BYTES} bytes"))
+                }
+            },
         })?;
         match String::from_utf8(bytes) {
             Ok(text) => Htpasswd::parse(&file, &text),
@@ -1197,7 +1206,16 @@ mod tests {
             drop(abandoned);
             assert!(verifier.verify(&users, "alice", "pw").await);
             assert_eq!(verifier.bcrypt_checks(), 1);
-            assert!(lock(&verifier.shared.in_flight).is_empty());
+            // The computation caches its success a moment before it leaves
+            // `in_flight`: a cache hit can land in between.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !lock(&verifier.shared.in_flight).is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the finished check never left in_flight"
+                );
+                tokio::task::yield_now().await;
+            }
         });
     }
 

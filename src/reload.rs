@@ -5,15 +5,19 @@
 //! Changes are noticed three ways, so none is missed: a `notify` watcher on
 //! the files' directories (editors' write-and-rename, `git checkout`,
 //! Kubernetes' symlink swap all show up there), SIGHUP, and a periodic check.
-//! A file is parsed only once its content has stopped changing, so a
-//! half-written file is not taken for a new version; a file that does not
-//! load leaves the last good version in force.
+//! A file being written is read only once its writer has closed it (or after
+//! [`WRITER_WAIT`]), and parsed only once its content has stopped changing, so
+//! a half-written file is not taken for a new version even when its writer is
+//! descheduled half-way; a file that does not load leaves the last good
+//! version in force. Opening and reading a file is not a change: the checks'
+//! own reads do not wake the watcher again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
@@ -30,6 +34,12 @@ const SETTLE: Duration = Duration::from_millis(15);
 const SETTLE_ATTEMPTS: usize = 20;
 /// Events arriving this close together are handled once.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// How long a writer that keeps a watched file open without writing is waited
+/// for before the file is read anyway (then only the settling guards against
+/// half a file).
+pub const WRITER_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a pause in a stream of events before checking anyway.
+const MAX_DEBOUNCE: Duration = Duration::from_millis(100);
 
 type Fingerprint = [u8; 32];
 
@@ -46,6 +56,11 @@ pub struct Store {
     /// One check at a time, so an older read can never be stored after a
     /// newer one.
     checking: Mutex<()>,
+    /// Watched files written to and not closed since, with the time of the
+    /// last write (kept up to date by the watcher).
+    writers: Mutex<HashMap<PathBuf, Instant>>,
+    /// Counts writes to watched files: a read that overlapped one is not used.
+    writes: AtomicU64,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -108,6 +123,8 @@ impl Store {
             metrics,
             seen: Mutex::new([None, None]),
             checking: Mutex::new(()),
+            writers: Mutex::new(HashMap::new()),
+            writes: AtomicU64::new(0),
         };
         // Remember what was loaded, so the first check does not reload it.
         // Only when the file did not change while it was being loaded:
@@ -161,7 +178,15 @@ impl Store {
         // Both files settle together: a change to one is not held up by the
         // other's wait.
         let paths: Vec<&Path> = to_read.iter().map(|(_, path)| *path).collect();
-        for ((which, path), content) in to_read.iter().zip(read_settled(&paths)) {
+        let writes_before = self.writes.load(Ordering::SeqCst);
+        let contents = read_settled(&paths);
+        if self.writes.load(Ordering::SeqCst) != writes_before || self.writers_done_at().is_some() {
+            // What was read may be half a file; the writer's close (or its
+            // silence for WRITER_WAIT) brings the next check.
+            tracing::debug!("a watched file is being written: its reload waits for the writer");
+            return;
+        }
+        for ((which, path), content) in to_read.iter().zip(contents) {
             self.apply(*which, path, how, content);
         }
     }
@@ -173,25 +198,25 @@ impl Store {
         current_stamp.is_none() || self.last_seen(which).is_none_or(|l| l.stamp != current_stamp)
     }
 
-    fn apply(&self, which: Watched, path: &Path, how: Check, content: Option<(Vec<u8>, Option<FileStamp>)>) {
+    fn apply(&self, which: Watched, path: &Path, how: Check, content: Result<Settled, String>) {
         let force = how == Check::Forced;
         let last = self.last_seen(which);
-        let Some((bytes, stamp_after)) = content else {
-            // Missing or unreadable: keep the version in force, say so once.
-            if last.as_ref().is_none_or(|l| l.stamp.is_some()) || force {
-                self.refused(
-                    which,
-                    &format!("cannot read {}: the previous version stays in force", path.display()),
-                );
-                self.remember(
-                    which,
-                    Seen {
-                        stamp: None,
-                        fingerprint: [0; 32],
-                    },
-                );
+        let (bytes, stamp_after) = match content {
+            Ok(settled) => settled,
+            Err(why) => {
+                // Missing, unreadable, too large: keep the version in force, say so once.
+                if last.as_ref().is_none_or(|l| l.stamp.is_some()) || force {
+                    self.refused(which, &format!("cannot read {}: {why}", path.display()));
+                    self.remember(
+                        which,
+                        Seen {
+                            stamp: None,
+                            fingerprint: [0; 32],
+                        },
+                    );
+                }
+                return;
             }
-            return;
         };
         let fingerprint: Fingerprint = Sha256::digest(&bytes).into();
         let seen = Seen {
@@ -318,14 +343,26 @@ pub enum Check {
     Forced,
 }
 
-/// Reads each file until two reads `SETTLE` apart agree (`None`: missing,
-/// unreadable or still changing after `SETTLE_ATTEMPTS`). A missing file is
-/// waited for as long: `git checkout` and some editors delete a file and
-/// create it again, which is not a failed reload.
-fn read_settled(paths: &[&Path]) -> Vec<Option<(Vec<u8>, Option<FileStamp>)>> {
-    let read = |p: &Path| crate::rules::read_bounded(p, crate::rules::MAX_RULES_BYTES).ok();
-    let mut previous: Vec<Option<Vec<u8>>> = paths.iter().map(|p| read(p)).collect();
-    let mut settled: Vec<Option<(Vec<u8>, Option<FileStamp>)>> = paths.iter().map(|_| None).collect();
+/// A file's settled content and its metadata stamp.
+type Settled = (Vec<u8>, Option<FileStamp>);
+
+/// Reads a regular file, bounded (a FIFO is refused, not opened); the error
+/// says why it cannot be read.
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let limit = crate::rules::MAX_RULES_BYTES;
+    crate::rules::read_bounded(path, limit).map_err(|e| match e {
+        crate::rules::ReadError::Io(e) => e.to_string(),
+        crate::rules::ReadError::TooLarge(size) => format!("it is {size} bytes; the limit is {limit} bytes"),
+    })
+}
+
+/// Reads each file until two reads `SETTLE` apart agree (an error: missing,
+/// unreadable, too large or still changing after `SETTLE_ATTEMPTS`). A
+/// missing file is waited for as long: `git checkout` and some editors delete
+/// a file and create it again, which is not a failed reload.
+fn read_settled(paths: &[&Path]) -> Vec<Result<Settled, String>> {
+    let mut previous: Vec<Result<Vec<u8>, String>> = paths.iter().map(|p| read_file(p)).collect();
+    let mut settled: Vec<Option<Settled>> = paths.iter().map(|_| None).collect();
     for _ in 0..SETTLE_ATTEMPTS {
         if settled.iter().all(Option::is_some) {
             break;
@@ -336,43 +373,140 @@ fn read_settled(paths: &[&Path]) -> Vec<Option<(Vec<u8>, Option<FileStamp>)>> {
                 continue;
             }
             let stamp_now = stamp(path);
-            let current = read(path);
-            match (previous[index].take(), current) {
-                (Some(before), Some(now)) if before == now => settled[index] = Some((now, stamp_now)),
+            match (&previous[index], read_file(path)) {
+                (Ok(before), Ok(now)) if *before == now => settled[index] = Some((now, stamp_now)),
                 (_, now) => previous[index] = now,
             }
         }
     }
     settled
+        .into_iter()
+        .zip(previous)
+        .map(|(settled, last_read)| match (settled, last_read) {
+            (Some(settled), _) => Ok(settled),
+            (None, Err(why)) => Err(why),
+            (None, Ok(_)) => Err(format!("it kept changing for {:?}", SETTLE * SETTLE_ATTEMPTS as u32)),
+        })
+        .collect()
+}
+
+impl Store {
+    /// Whether `path` is, or resolves to, one of the watched files.
+    fn is_watched_file(&self, path: &Path) -> bool {
+        let Ok(real) = std::fs::canonicalize(path) else {
+            return false;
+        };
+        [Some(self.rules_path.as_path()), self.htpasswd_path.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|p| std::fs::canonicalize(p).is_ok_and(|r| r == real))
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Instant>> {
+        self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records what a file event means; false when it cannot change a
+    /// watched file (opening and reading — the checks' own reads among them
+    /// — or writing another file in a watched directory).
+    fn note_event(&self, event: notify::Result<notify::Event>) -> bool {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let Ok(event) = event else {
+            return true;
+        };
+        match event.kind {
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                let written: Vec<PathBuf> = event.paths.into_iter().filter(|p| self.is_watched_file(p)).collect();
+                if written.is_empty() {
+                    return false;
+                }
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                let now = Instant::now();
+                self.writers().extend(written.into_iter().map(|p| (p, now)));
+                true
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                let mut writers = self.writers();
+                let before = writers.len();
+                writers.retain(|p, _| !event.paths.contains(p));
+                writers.len() != before
+            }
+            EventKind::Access(_) => false,
+            // Created, renamed, removed, permissions changed: whatever was
+            // being written under that name is gone or complete.
+            _ => {
+                self.writers().retain(|p, _| !event.paths.contains(p));
+                true
+            }
+        }
+    }
+
+    /// When the writers of watched files will be taken as done, if any is
+    /// still writing: `WRITER_WAIT` after its last write.
+    fn writers_done_at(&self) -> Option<Instant> {
+        let last_write = self.writers().values().max().copied()?;
+        Some(last_write + WRITER_WAIT).filter(|at| *at > Instant::now())
+    }
+
+    /// After a first event: waits until events pause for `DEBOUNCE` (at most
+    /// `MAX_DEBOUNCE`) and no writer holds a watched file open (at most
+    /// `WRITER_WAIT` after its last write). False when the watcher is gone.
+    fn wait_for_writers(&self, wake: &Receiver<()>) -> bool {
+        let started = Instant::now();
+        loop {
+            let wait = match self.writers_done_at() {
+                Some(done) => done.saturating_duration_since(Instant::now()),
+                None if started.elapsed() >= MAX_DEBOUNCE => {
+                    while wake.try_recv().is_ok() {}
+                    return true;
+                }
+                None => DEBOUNCE,
+            };
+            match wake.recv_timeout(wait) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) if self.writers_done_at().is_none() => return true,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
 }
 
 /// Starts the watcher and the periodic check on their own threads. They run
 /// until the process ends.
 pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
     let (sender, receiver) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = sender.send(());
+    let noted = Arc::clone(&store);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if noted.note_event(event) {
+            let _ = sender.send(());
+        }
     })
     .map_err(|e| format!("cannot start the file watcher: {e}"))?;
     let mut watched = BTreeSet::new();
     if let Some(failure) = sync_watches(&mut watcher, &mut watched, &store.watched_directories()).pop() {
         return Err(failure);
     }
+    // A change made between the start-up load and the first watch. Before
+    // the service answers, so that no later write races with this check.
+    store.check(Check::Event);
     let checker = Arc::clone(&store);
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            // A change made between the start-up load and the first watch.
-            checker.check(Check::Event);
-            loop {
+            let mut resync = move |checker: &Store| {
                 for failure in sync_watches(&mut watcher, &mut watched, &checker.watched_directories()) {
                     tracing::warn!("{failure}; changes there are seen by the periodic check only");
                 }
-                if receiver.recv().is_err() {
+            };
+            loop {
+                resync(&checker);
+                if receiver.recv().is_err() || !checker.wait_for_writers(&receiver) {
                     break;
                 }
-                std::thread::sleep(DEBOUNCE);
-                while receiver.try_recv().is_ok() {}
+                // A symlink may point elsewhere now: watch there before
+                // reading, so that a write right after the reload is seen.
+                resync(&checker);
                 checker.check(Check::Event);
             }
         })

@@ -844,6 +844,8 @@ async fn serve(config: Config) -> Result<(), String> {
     );
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accept_failures: u64 = 0;
+    let mut last_accept_warning: Option<Instant> = None;
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&connections).acquire_owned() => match permit {
@@ -861,8 +863,19 @@ async fn serve(config: Config) -> Result<(), String> {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                continue;
+                // Out of file descriptors (EMFILE/ENFILE) or another failure that retrying at
+                // once would only repeat: pause, and say so once a minute at most.
+                accept_failures += 1;
+                if last_accept_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!("accept failed ({accept_failures} times so far): {e}; retrying in 100 ms");
+                    last_accept_warning = Some(Instant::now());
+                }
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
+                }
             }
         };
         let app = Arc::clone(&app);

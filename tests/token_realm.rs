@@ -306,12 +306,20 @@ fn tokens_carry_the_subject_and_the_rules_decide() {
     // denied … may require 'docker login'").
     assert_challenged(
         &service.auth_bearer("GET", COOLTEAM, &anonymous),
-        &challenge(&service, Some("repository:coolteam/app:pull"), Some("insufficient_scope")),
+        &challenge(
+            &service,
+            Some("repository:coolteam/app:pull"),
+            Some("insufficient_scope"),
+        ),
         "anonymous token on coolteam",
     );
     assert_challenged(
         &service.auth_bearer("PUT", LIBRARY, &anonymous),
-        &challenge(&service, Some("repository:library/alpine:pull,push"), Some("insufficient_scope")),
+        &challenge(
+            &service,
+            Some("repository:library/alpine:pull,push"),
+            Some("insufficient_scope"),
+        ),
         "anonymous push",
     );
 
@@ -567,7 +575,11 @@ fn a_password_change_ends_refresh_tokens_issued_before_it() {
         .collect::<String>();
     write(&htpasswd, &changed);
     wait_for(Duration::from_secs(5), "the new password in force", || {
-        (service.auth("GET", LIBRARY, Some(("alice", "alice-new-password"))).status == 200).then_some(())
+        (service
+            .auth("GET", LIBRARY, Some(("alice", "alice-new-password")))
+            .status
+            == 200)
+            .then_some(())
     });
     let refused = refresh_grant();
     assert_eq!(refused.status, 401, "{}", refused.text());

@@ -1,0 +1,27 @@
+//! csel-auth fails closed under load, faults and hostile input (issue 8).
+//!
+//! * `reload`: the rules file rewritten 100 times in every way while load runs; every answer
+//!   checked against the versions before and after.
+//! * `faults`: unreadable, missing, deleted, huge and pathological files; slow clients;
+//!   10k concurrent connections.
+//! * `hostile`: the corpus `tests/data/hostile.txt` (and `attacks.txt`) replayed against
+//!   csel-auth directly and through nginx in front of a real registry.
+//! * `fuzz`: the fuzz targets' invariants (`fuzz/checks.rs`) under proptest.
+//! * `timing`: unknown users and wrong passwords cost the same.
+//!
+//! CI runs trimmed sizes; `CSEL_AUTH_FULL=1` runs the full-size versions (README, "Reliability").
+
+#[path = "reliability/common.rs"]
+mod common;
+#[path = "reliability/faults.rs"]
+mod faults;
+#[path = "reliability/fuzz.rs"]
+mod fuzz;
+#[path = "e2e/harness.rs"]
+mod harness;
+#[path = "reliability/hostile.rs"]
+mod hostile;
+#[path = "reliability/reload.rs"]
+mod reload;
+#[path = "reliability/timing.rs"]
+mod timing;
