@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::csel::{Expression, Facts};
-use crate::decision::{decide, explain, AccessRequest, Explanation, GrantCheck};
+use crate::decision::{decide_and_answer, explain, AccessRequest, Answer, Credential, Explanation, GrantCheck};
 use crate::identity::Htpasswd;
 use crate::rules::{lint, LintOptions, Rules};
 
@@ -29,7 +29,7 @@ enum Command {
     Check(CheckArgs),
     /// Show how one request is decided, and why.
     Explain(ExplainArgs),
-    /// Check a file of expected decisions (`allow|deny USER METHOD PATH`).
+    /// Check a file of expected decisions (`allow|deny|STATUS USER METHOD PATH`).
     Test(TestArgs),
     /// Evaluate one expression against one request (no path checks).
     Eval(EvalArgs),
@@ -158,9 +158,12 @@ struct ExplainArgs {
     user: Option<String>,
     #[arg(long, default_value = "docker")]
     format: String,
-    /// The original request's Content-Type (form bodies on blob uploads are refused).
+    /// The original request's Content-Type (a blob upload may only start with none or
+    /// application/octet-stream).
     #[arg(long)]
     content_type: Option<String>,
+    #[command(flatten)]
+    token: TokenModeArg,
     /// HTTP method of the original request.
     method: String,
     /// Original path and query, as the client sent them.
@@ -170,10 +173,32 @@ struct ExplainArgs {
 #[derive(Args)]
 struct TestArgs {
     rules: PathBuf,
-    /// Lines `allow|deny USER METHOD PATH`; USER `anonymous` or `-` for no login.
+    /// Lines `EXPECTED USER METHOD PATH`: EXPECTED `allow`, `deny` or the status
+    /// (200, 401, 403); USER `anonymous` or `-` for no login.
     decisions: PathBuf,
     #[arg(long, default_value = "docker")]
     format: String,
+    #[command(flatten)]
+    token: TokenModeArg,
+}
+
+#[derive(Args)]
+struct TokenModeArg {
+    /// The service runs with --token-realm and the subject holds a token from it
+    /// (anonymous: an anonymous token), as docker clients do; without it, users
+    /// send Basic credentials and anonymous none.
+    #[arg(long)]
+    token_mode: bool,
+}
+
+impl TokenModeArg {
+    fn credential(&self, user: Option<&str>) -> Credential {
+        match (self.token_mode, user) {
+            (true, _) => Credential::Token,
+            (false, Some(_)) => Credential::Basic,
+            (false, None) => Credential::None,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -277,9 +302,10 @@ fn explain_command(args: &ExplainArgs) -> u8 {
         format: &args.format,
         content_type: args.content_type.as_deref(),
     };
-    let explanation = explain(&rules, user, &request);
+    let credential = args.token.credential(user);
+    let explanation = explain(&rules, user, credential, args.token.token_mode, &request);
     print_explanation(&explanation, &args.method);
-    if explanation.decision.allowed {
+    if explanation.answer == Answer::Allow {
         EXIT_YES
     } else {
         EXIT_NO
@@ -288,12 +314,7 @@ fn explain_command(args: &ExplainArgs) -> u8 {
 
 fn print_explanation(e: &Explanation, method: &str) {
     let d = &e.decision;
-    let status = match (d.allowed, &e.user) {
-        (true, _) => "ALLOW (200)",
-        (false, None) => "DENY (401: anonymous, the client is asked to log in)",
-        (false, Some(_)) => "DENY (403)",
-    };
-    println!("decision: {status}");
+    println!("decision: {}", e.answer);
     match &e.user {
         None => println!("subject:  anonymous"),
         Some(u) if e.groups.is_empty() => println!("subject:  {u} (no groups)"),
@@ -376,14 +397,6 @@ fn test_command(args: &TestArgs) -> u8 {
             );
             return EXIT_ERROR;
         };
-        let expect_allow = match expected {
-            "allow" => true,
-            "deny" => false,
-            other => {
-                eprintln!("{shown}:{}: expected `allow` or `deny`, found `{other}`", number + 1);
-                return EXIT_ERROR;
-            }
-        };
         let user = Some(user).filter(|u| *u != "anonymous" && *u != "-");
         let request = AccessRequest {
             method,
@@ -391,12 +404,29 @@ fn test_command(args: &TestArgs) -> u8 {
             format: &args.format,
             content_type: None,
         };
-        let decision = decide(&rules, user, &request);
-        if decision.allowed == expect_allow {
+        let credential = args.token.credential(user);
+        let (decision, answer) = decide_and_answer(&rules, user, credential, args.token.token_mode, &request);
+        let (held_here, got) = match expected {
+            "allow" | "deny" => {
+                let got = if answer == Answer::Allow { "allow" } else { "deny" };
+                (got == expected, got.to_string())
+            }
+            "200" | "401" | "403" => {
+                let got = answer.status().to_string();
+                (got == expected, got)
+            }
+            other => {
+                eprintln!(
+                    "{shown}:{}: expected `allow`, `deny` or a status (200, 401, 403), found `{other}`",
+                    number + 1
+                );
+                return EXIT_ERROR;
+            }
+        };
+        if held_here {
             held += 1;
         } else {
             wrong += 1;
-            let got = if decision.allowed { "allow" } else { "deny" };
             println!(
                 "{shown}:{}: expected {expected}, got {got} ({})  {line}",
                 number + 1,

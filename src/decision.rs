@@ -19,7 +19,8 @@ pub struct AccessRequest<'a> {
     pub uri: &'a str,
     /// `X-Repository-Format`, or the configured default.
     pub format: &'a str,
-    /// `X-Original-Content-Type`: needed to refuse form-bodied mounts.
+    /// `X-Original-Content-Type`: a blob upload may only start with none or
+    /// `application/octet-stream`.
     pub content_type: Option<&'a str>,
 }
 
@@ -46,8 +47,9 @@ pub enum Reason {
     BadPath(String),
     /// A method that maps to no action.
     UnknownMethod(String),
-    /// A blob-upload POST with a form body: the registry would read `from`
-    /// from a body csel-auth never sees.
+    /// A blob-upload POST with a Content-Type other than none or
+    /// `application/octet-stream`: the registry would read `from` from a form
+    /// body csel-auth never sees.
     FormBodyUpload,
     /// Duplicate or malformed mount parameters.
     BadMount(String),
@@ -63,13 +65,112 @@ impl fmt::Display for Reason {
             Reason::NoGrant => f.write_str("no grant allows it"),
             Reason::BadPath(why) => write!(f, "refused path: {why}"),
             Reason::UnknownMethod(m) => write!(f, "method {m} maps to no action"),
-            Reason::FormBodyUpload => {
-                f.write_str("blob upload with a form body (the registry would read `from` from it)")
-            }
+            Reason::FormBodyUpload => f.write_str(
+                "blob upload with a Content-Type other than application/octet-stream (the registry would read \
+                 `from` from a form body)",
+            ),
             Reason::BadMount(why) => write!(f, "refused mount: {why}"),
             Reason::MountSourceDenied { from } => write!(f, "mount source {from} is not readable"),
         }
     }
+}
+
+impl Reason {
+    /// A request that no login makes right (a refused path, method, mount or
+    /// upload body): 403 for everyone, anonymous included.
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
+        )
+    }
+}
+
+/// The credentials a request carried, as the service verified them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// None at all: anonymous.
+    None,
+    /// Basic credentials of a known user.
+    Basic,
+    /// A valid token from the realm; its subject is a user or anonymous.
+    Token,
+}
+
+/// How the service answers a decided request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200: the request goes through.
+    Allow,
+    /// 401 with a challenge (Basic, or Bearer in token mode): logging in, or
+    /// fetching a token, may help.
+    Challenge,
+    /// 401 with a Bearer challenge saying `insufficient_scope`: a valid token
+    /// that does not cover the request. Docker reports it as "denied" and
+    /// stops at once (a 403 makes it retry a push for a minute).
+    InsufficientScope,
+    /// 403.
+    Forbidden,
+}
+
+impl Answer {
+    pub fn status(self) -> u16 {
+        match self {
+            Answer::Allow => 200,
+            Answer::Challenge | Answer::InsufficientScope => 401,
+            Answer::Forbidden => 403,
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Answer::Allow => "ALLOW (200)",
+            Answer::Challenge => "DENY (401: the client is asked to log in, or to fetch a token)",
+            Answer::InsufficientScope => "DENY (401 insufficient_scope: the token does not cover it)",
+            Answer::Forbidden => "DENY (403)",
+        })
+    }
+}
+
+/// The one mapping from a decision to 200 / 401 / 403, for the service, `explain`, `test` and
+/// the tests. `token_mode`: the service runs with `--token-realm`.
+pub fn answer(decision: &Decision, credential: Credential, token_mode: bool) -> Answer {
+    // Docker sends credentials only after a challenge: in token mode every
+    // request without them gets one, whatever the rules say.
+    if token_mode && credential == Credential::None {
+        return Answer::Challenge;
+    }
+    if decision.allowed {
+        return Answer::Allow;
+    }
+    if decision.reason.is_malformed() {
+        return Answer::Forbidden;
+    }
+    match credential {
+        Credential::None => Answer::Challenge,
+        Credential::Basic => Answer::Forbidden,
+        Credential::Token => Answer::InsufficientScope,
+    }
+}
+
+/// [`decide`], then [`answer`]. A token holder, anonymous too, may always
+/// ping `/v2/`: docker pings with the token it just fetched before it pulls.
+pub fn decide_and_answer(
+    rules: &Rules,
+    user: Option<&str>,
+    credential: Credential,
+    token_mode: bool,
+    request: &AccessRequest,
+) -> (Decision, Answer) {
+    let mut decision = decide(rules, user, request);
+    if credential == Credential::Token && !decision.allowed && decision.docker == Some(DockerRoute::Base) {
+        decision.allowed = true;
+        decision.reason = Reason::PingForUsers;
+    }
+    let answer = answer(&decision, credential, token_mode);
+    (decision, answer)
 }
 
 fn deny(reason: Reason) -> Decision {
@@ -136,7 +237,7 @@ fn docker_refusal(
     if !matches!(target.docker, Some(DockerRoute::BlobUploadStart { .. })) {
         return None;
     }
-    if request.method == "POST" && request.content_type.is_some_and(is_form_content_type) {
+    if request.method == "POST" && !is_upload_content_type(request.content_type) {
         return Some(Reason::FormBodyUpload);
     }
     match target.mount() {
@@ -158,10 +259,20 @@ fn docker_refusal(
     }
 }
 
-/// Content types whose body Go's `FormValue` would parse.
-fn is_form_content_type(content_type: &str) -> bool {
-    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    media_type == "application/x-www-form-urlencoded" || media_type == "multipart/form-data"
+/// Whether a blob upload may start with this Content-Type: none, or
+/// `application/octet-stream` (any case, with parameters). An allow-list: the
+/// registry parses a body of any type it takes for a form and reads `from`
+/// from it, and nginx >= 1.23 joins repeated Content-Type headers with ", "
+/// while the registry reads only the first, so a comma anywhere refuses.
+fn is_upload_content_type(content_type: Option<&str>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    if value.contains(',') {
+        return false;
+    }
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    media_type.eq_ignore_ascii_case("application/octet-stream")
 }
 
 /// Why one grant did or did not match, for `explain`.
@@ -198,6 +309,8 @@ pub struct TargetCheck {
 #[derive(Debug, Clone)]
 pub struct Explanation {
     pub decision: Decision,
+    /// What the service would answer.
+    pub answer: Answer,
     pub user: Option<String>,
     pub groups: Vec<String>,
     /// Grants that allowed the request (all of them, not only the first).
@@ -209,10 +322,18 @@ pub struct Explanation {
 /// How many near misses `explain` shows.
 const CLOSEST_SHOWN: usize = 5;
 
-/// Decides like [`decide`] and records why every grant did or did not match.
-pub fn explain(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Explanation {
-    let decision = decide(rules, user, request);
+/// Decides and answers like [`decide_and_answer`] and records why every grant did or did not
+/// match.
+pub fn explain(
+    rules: &Rules,
+    user: Option<&str>,
+    credential: Credential,
+    token_mode: bool,
+    request: &AccessRequest,
+) -> Explanation {
+    let (decision, answer) = decide_and_answer(rules, user, credential, token_mode, request);
     let mut explanation = Explanation {
+        answer,
         user: user.map(str::to_string),
         groups: user
             .map(|u| rules.groups_of(u).map(str::to_string).collect())
@@ -361,5 +482,48 @@ grant * on * to @admins
             },
         );
         assert_eq!(form.reason, Reason::FormBodyUpload);
+    }
+
+    #[test]
+    fn answers() {
+        let rules = rules();
+        let status = |user: Option<&str>, credential, token_mode, method, uri| {
+            let request = AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            };
+            decide_and_answer(&rules, user, credential, token_mode, &request)
+                .1
+                .status()
+        };
+        use Credential::{Basic, None as Nothing, Token};
+        let library = "/v2/library/alpine/manifests/3";
+        let team = "/v2/coolteam/app/manifests/1";
+        for (user, credential, token_mode, method, uri, expected) in [
+            (None, Nothing, false, "GET", library, 200),
+            (None, Nothing, false, "GET", team, 401),
+            (None, Nothing, false, "GET", "/v2/../x", 403),
+            (None, Nothing, false, "BREW", library, 403),
+            (None, Nothing, false, "GET", "/v2/", 401),
+            (Some("carol"), Basic, false, "GET", team, 403),
+            (Some("carol"), Basic, false, "GET", "/v2/", 200),
+            (None, Nothing, true, "GET", library, 401),
+            (None, Nothing, true, "GET", "/v2/../x", 401),
+            (None, Token, true, "GET", library, 200),
+            (None, Token, true, "GET", team, 401),
+            (None, Token, true, "GET", "/v2/", 200),
+            (None, Token, true, "GET", "/v2/../x", 403),
+            (Some("carol"), Token, true, "GET", team, 401),
+            (Some("carol"), Basic, true, "GET", team, 403),
+            (Some("alice"), Token, true, "PUT", team, 200),
+        ] {
+            assert_eq!(
+                status(user, credential, token_mode, method, uri),
+                expected,
+                "{user:?} {credential:?} token mode {token_mode}: {method} {uri}"
+            );
+        }
     }
 }

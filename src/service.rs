@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::decision::{decide, AccessRequest, Decision, Reason};
+use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
 use crate::identity::{parse_authorization, Credentials, Verifier};
 use crate::metrics::{Metrics, Outcome};
 use crate::reload::Store;
@@ -346,14 +346,8 @@ impl App {
         // Who is asking: anonymous, a verified user, or a token's subject.
         let mut token_holder = false;
         let user: Option<String> = match credentials {
-            Credentials::Anonymous => {
-                if self.token.is_some() {
-                    // Docker sends credentials only after a challenge; in
-                    // token mode every credential-less request gets one.
-                    return self.challenge(&access, None, Outcome::Unauthorized, "no token".into());
-                }
-                None
-            }
+            // In token mode this is challenged whatever the rules say (decision::answer).
+            Credentials::Anonymous => None,
             Credentials::Basic { user, password } => {
                 if !self.check_password(&user, &password, client).await {
                     return self.challenge(
@@ -409,15 +403,17 @@ impl App {
             }
         };
 
+        let credential = match (token_holder, &user) {
+            (true, _) => Credential::Token,
+            (false, Some(_)) => Credential::Basic,
+            (false, None) => Credential::None,
+        };
+        let token_mode = self.token.is_some();
         let rules = self.store.rules();
         fault_injection(uri);
-        let mut decision = decide(&rules, user.as_deref(), &access);
-        if token_holder && decision.docker == Some(DockerRoute::Base) && !decision.allowed {
-            decision.allowed = true;
-            decision.reason = Reason::PingForUsers;
-        }
+        let (decision, answer) = decide_and_answer(&rules, user.as_deref(), credential, token_mode, &access);
 
-        if decision.allowed {
+        if answer == Answer::Allow {
             let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
             let Ok(user_header) = HeaderValue::from_bytes(shown_user.as_bytes()) else {
                 return Verdict {
@@ -444,15 +440,16 @@ impl App {
                 path: decision.path,
             };
         }
-        let malformed = matches!(
-            decision.reason,
-            Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
-        );
-        if (user.is_none() || token_holder) && !malformed {
+        let malformed = decision.reason.is_malformed();
+        if answer != Answer::Forbidden {
             // A valid token that does not cover the request: RFC 6750's
             // insufficient_scope, which docker reports as "denied".
-            let error = token_holder.then_some("insufficient_scope");
-            let reason = decision.reason.to_string();
+            let error = (answer == Answer::InsufficientScope).then_some("insufficient_scope");
+            let reason = if token_mode && credential == Credential::None {
+                "no token".to_string()
+            } else {
+                decision.reason.to_string()
+            };
             let path = decision.path.clone();
             let mut verdict = self.challenge_for(&decision, error, reason);
             verdict.path = path;

@@ -1,5 +1,7 @@
 //! The operator commands, run as the real binary: exit statuses and output.
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn csel_auth(args: &[&str]) -> Output {
@@ -54,7 +56,7 @@ fn malformed_decisions_file_is_an_error() {
     let o = csel_auth(&["test", "examples/registry.rules", &decisions]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("bad.decisions:1: expected `allow` or `deny`"),
+        text(&o).contains("bad.decisions:1: expected `allow`, `deny` or a status (200, 401, 403), found `maybe`"),
         "{}",
         text(&o)
     );
@@ -183,4 +185,156 @@ fn eval_is_a_selector_preview() {
     let bad = csel_auth(&["eval", r#"path =^ "#, "--path", "/v2/"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).contains("expected a string after `=^`"), "{}", text(&bad));
+}
+
+/// The status `explain` prints: `decision: ALLOW (200)`, `decision: DENY (401 …`.
+fn explained_status(output: &str) -> Option<u16> {
+    let line = output.lines().find(|l| l.starts_with("decision:"))?;
+    let open = line.find('(')?;
+    line.get(open + 1..open + 4)?.parse().ok()
+}
+
+/// (user, method, uri, content type, status in basic mode, status in token mode)
+type AgreementCase<'a> = (Option<&'a str>, &'a str, String, Option<&'a str>, u16, u16);
+
+/// `explain` and the running service answer every request with the same status: one function
+/// maps a decision to 200 / 401 / 403 for both, in basic and in token mode (where the subject
+/// holds a token from the realm, anonymous an anonymous one).
+#[test]
+fn explain_and_the_service_agree() {
+    let rules = std::fs::read_to_string("examples/registry.rules").unwrap();
+    let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let mount = |from: &str| format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from={from}");
+    let form = Some("application/x-www-form-urlencoded");
+    let cases: Vec<AgreementCase> = vec![
+        // Malformed: 403 for anonymous too (logging in would not help).
+        (None, "GET", "/v2/../x".into(), None, 403, 403),
+        (
+            None,
+            "GET",
+            "/v2/library/../coolteam/app/manifests/1".into(),
+            None,
+            403,
+            403,
+        ),
+        (None, "BREW", "/v2/library/alpine/manifests/1".into(), None, 403, 403),
+        (None, "POST", "/v2/library/alpine/blobs/uploads/".into(), form, 403, 403),
+        (None, "GET", "/v2/library/alpine/manifests/1".into(), None, 200, 200),
+        (None, "PUT", "/v2/library/alpine/manifests/1".into(), None, 401, 401),
+        (None, "GET", "/v2/coolteam/app/manifests/1".into(), None, 401, 401),
+        (None, "GET", "/v2/_catalog".into(), None, 401, 401),
+        // The ping: for users; in token mode for every token holder.
+        (None, "GET", "/v2/".into(), None, 401, 200),
+        (Some("alice"), "GET", "/v2/".into(), None, 200, 200),
+        (
+            Some("alice"),
+            "PUT",
+            "/v2/coolteam/app/manifests/1".into(),
+            None,
+            200,
+            200,
+        ),
+        (Some("alice"), "GET", "/v2/../x".into(), None, 403, 403),
+        (
+            Some("carol"),
+            "PUT",
+            "/v2/coolteam/app/manifests/1".into(),
+            None,
+            403,
+            401,
+        ),
+        (Some("carol"), "GET", "/v2/_catalog".into(), None, 403, 401),
+        (Some("admin-parente"), "GET", "/v2/_catalog".into(), None, 200, 200),
+        (
+            Some("bob"),
+            "POST",
+            "/v2/coolteam/app/blobs/uploads/".into(),
+            form,
+            403,
+            403,
+        ),
+        (
+            Some("bob"),
+            "POST",
+            "/v2/coolteam/app/blobs/uploads/".into(),
+            Some("application/octet-stream"),
+            200,
+            200,
+        ),
+        (Some("bob"), "POST", mount("library/alpine"), None, 200, 200),
+        (Some("bob"), "POST", mount("alice/x"), None, 403, 401),
+        (
+            Some("bob"),
+            "POST",
+            mount("library/alpine&from=alice/x"),
+            None,
+            403,
+            403,
+        ),
+    ];
+    let mut disagreements = Vec::new();
+    for token_mode in [false, true] {
+        let keys = tempfile::tempdir().unwrap();
+        let mut setup = support::Setup::new(&rules);
+        if token_mode {
+            setup = setup.token_realm(keys.path().join("token.key"));
+        }
+        let service = setup.start();
+        let authorization = |user: Option<&str>| -> Option<String> {
+            if !token_mode {
+                return user.map(|u| support::basic(u, &support::password(u)));
+            }
+            let login = user.map(|u| support::basic(u, &support::password(u)));
+            let headers: Vec<(&str, &str)> = login.iter().map(|c| ("Authorization", c.as_str())).collect();
+            let response = service.request("GET", "/token?service=test-registry", &headers, b"");
+            assert_eq!(response.status, 200, "token for {user:?}: {}", response.text());
+            let token = response.json()["token"].as_str().unwrap_or_default().to_string();
+            assert!(!token.is_empty(), "no token for {user:?}");
+            Some(format!("Bearer {token}"))
+        };
+        for (user, method, uri, content_type, basic_status, token_status) in &cases {
+            let mut args = vec!["explain", "--rules", "examples/registry.rules"];
+            if let Some(user) = user {
+                args.extend(["--user", user]);
+            }
+            if let Some(content_type) = content_type {
+                args.extend(["--content-type", content_type]);
+            }
+            if token_mode {
+                args.push("--token-mode");
+            }
+            args.extend([*method, uri.as_str()]);
+            let explained = csel_auth(&args);
+            let explained = explained_status(&text(&explained)).ok_or_else(|| text(&explained));
+
+            let credentials = authorization(*user);
+            let mut headers = vec![("X-Original-URI", uri.as_str()), ("X-Original-Method", *method)];
+            if let Some(value) = &credentials {
+                headers.push(("Authorization", value));
+            }
+            if let Some(content_type) = content_type {
+                headers.push(("X-Original-Content-Type", content_type));
+            }
+            let served = service.auth_headers(&headers).status;
+
+            let expected = if token_mode { *token_status } else { *basic_status };
+            let mode = if token_mode { "token" } else { "basic" };
+            let who = user.unwrap_or("anonymous");
+            if explained.as_ref().ok() != Some(&served) || served != expected {
+                disagreements.push(format!(
+                    "{mode} mode, {who} {method} {uri} ({content_type:?}): explain {}, service {served}, expected {expected}",
+                    match &explained {
+                        Ok(status) => status.to_string(),
+                        Err(output) => format!("printed no status: {output}"),
+                    }
+                ));
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
 }

@@ -3,7 +3,8 @@
 //! backslashes, case, methods, the catalog, ambiguous mounts) never return
 //! private manifest or blob bytes, and a cross-repository mount whose form
 //! body names another source than its query is refused, in basic and in
-//! token mode.
+//! token mode, through Debian 12's nginx 1.22 and Debian 13's nginx 1.26
+//! (which joins repeated headers in `$content_type`).
 
 #[path = "e2e/harness.rs"]
 mod harness;
@@ -100,20 +101,34 @@ fn read_attacks() -> Result<Vec<Attack>> {
     Ok(attacks)
 }
 
+/// Runs `scenario` once on every nginx of [`nginx_binaries`], saying which.
+fn on_every_nginx(what: &str, mode: Mode, scenario: impl Fn(&NginxBinary, Mode) -> Result<()>) -> Result<()> {
+    for nginx in nginx_binaries()? {
+        eprintln!(
+            "== {what}, {mode} mode, nginx -v: {} ({})",
+            nginx.version,
+            nginx.path.display()
+        );
+        scenario(&nginx, mode).with_context(|| format!("{what}, {mode} mode, on {}", nginx.version))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn path_tricks_basic_mode() -> Result<()> {
-    path_tricks(Mode::Basic)
+    on_every_nginx("path tricks", Mode::Basic, path_tricks)
 }
 
 #[test]
 fn path_tricks_token_mode() -> Result<()> {
-    path_tricks(Mode::Token)
+    on_every_nginx("path tricks", Mode::Token, path_tricks)
 }
 
-fn path_tricks(mode: Mode) -> Result<()> {
-    let stack = step(&format!("[{mode}] start a stack with examples/registry.rules"), || {
-        Stack::start(mode, &example("registry.rules")?)
-    })?;
+fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
+    let stack = step(
+        &format!("[{mode}, {nginx}] start a stack with examples/registry.rules"),
+        || Stack::start_on(nginx, mode, &example("registry.rules")?),
+    )?;
     let private = Private::seed(&stack)?;
     let needles = private.needles();
     let mut authorizations: HashMap<String, Option<String>> = HashMap::new();
@@ -124,7 +139,7 @@ fn path_tricks(mode: Mode) -> Result<()> {
     }
 
     step(
-        &format!("[{mode}] the owners read the private content (the needles are seen)"),
+        &format!("[{mode}, {nginx}] the owners read the private content (the needles are seen)"),
         || {
             let team = authorizations["alice"].as_deref();
             let reads = [
@@ -154,7 +169,7 @@ fn path_tricks(mode: Mode) -> Result<()> {
     )?;
 
     step(
-        &format!("[{mode}] every request of tests/data/attacks.txt is refused without private bytes"),
+        &format!("[{mode}, {nginx}] every request of tests/data/attacks.txt is refused without private bytes"),
         || {
             let attacks = read_attacks()?;
             let mut failures = Vec::new();
@@ -194,7 +209,7 @@ fn path_tricks(mode: Mode) -> Result<()> {
             }
             let mut summary: Vec<_> = statuses.into_iter().collect();
             summary.sort();
-            eprintln!("[{mode}] {} attacks, statuses {summary:?}", attacks.len());
+            eprintln!("[{mode}, {nginx}] {} attacks, statuses {summary:?}", attacks.len());
             ensure!(
                 failures.is_empty(),
                 "{} of {} attacks were let through:\n{}",
@@ -215,7 +230,7 @@ fn path_tricks(mode: Mode) -> Result<()> {
     )?;
 
     step(
-        &format!("[{mode}] forged X-Original-* headers from the client are ignored"),
+        &format!("[{mode}, {nginx}] forged X-Original-* headers from the client are ignored"),
         || {
             let authorization = authorizations["anonymous"].as_deref();
             let path = format!("/v2/coolteam/app/manifests/{}", private.team.tag);
@@ -242,20 +257,21 @@ fn path_tricks(mode: Mode) -> Result<()> {
 
 #[test]
 fn mount_from_a_form_body_basic_mode() -> Result<()> {
-    mount_from_a_form_body(Mode::Basic)
+    on_every_nginx("mount from a form body", Mode::Basic, mount_from_a_form_body)
 }
 
 #[test]
 fn mount_from_a_form_body_token_mode() -> Result<()> {
-    mount_from_a_form_body(Mode::Token)
+    on_every_nginx("mount from a form body", Mode::Token, mount_from_a_form_body)
 }
 
 /// distribution reads `from` with Go's FormValue: a form body wins over the
 /// query, and the first duplicate wins. csel-auth sees only the query.
-fn mount_from_a_form_body(mode: Mode) -> Result<()> {
-    let stack = step(&format!("[{mode}] start a stack with examples/registry.rules"), || {
-        Stack::start(mode, &example("registry.rules")?)
-    })?;
+fn mount_from_a_form_body(nginx: &NginxBinary, mode: Mode) -> Result<()> {
+    let stack = step(
+        &format!("[{mode}, {nginx}] start a stack with examples/registry.rules"),
+        || Stack::start_on(nginx, mode, &example("registry.rules")?),
+    )?;
     let public = stack.seed_image("library/alpine", "1", "public library/alpine\n")?;
     // A blob only carol/x holds: alice (coolteam) may not read it.
     let secret = stack.registry.push_blob("carol/x", b"PRIVATE carol/x blob\n")?;
@@ -263,9 +279,11 @@ fn mount_from_a_form_body(mode: Mode) -> Result<()> {
     let alice = alice.as_deref();
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let mount = format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=library/alpine");
+    // The whole mount in the body, nothing in the query.
+    let form_mount = format!("mount={secret}&from=carol%2Fx");
 
     step(
-        &format!("[{mode}] control: the registry itself mounts from the form body"),
+        &format!("[{mode}, {nginx}] control: the registry itself mounts from the form body"),
         || {
             let direct = http_request(
                 &ListenAddr::Tcp(stack.registry.addr()),
@@ -282,7 +300,7 @@ fn mount_from_a_form_body(mode: Mode) -> Result<()> {
         },
     )?;
     step(
-        &format!("[{mode}] control: a mount alice may make works through nginx"),
+        &format!("[{mode}, {nginx}] control: a mount alice may make works through nginx"),
         || {
             let response = stack.request(
                 alice,
@@ -299,49 +317,57 @@ fn mount_from_a_form_body(mode: Mode) -> Result<()> {
         },
     )?;
     step(
-        &format!("[{mode}] the same query without a body does not mount carol's blob"),
+        &format!("[{mode}, {nginx}] the same query without a body does not mount carol's blob"),
         || {
             let response = stack.request(alice, "POST", &mount, &[], b"")?;
             ensure!(response.status == 202, "POST {mount} without a body: {response:?}");
             Ok(())
         },
     )?;
-    // (what, URI, Content-Type, body)
-    let variants: [(&str, String, Option<&str>, &[u8]); 5] = [
+    // (what, URI, Content-Types, body)
+    let variants: [(&str, String, &[&str], &[u8]); 6] = [
         (
             "a form body naming carol/x",
             mount.clone(),
-            Some(form.1),
+            &[form.1],
             b"from=carol%2Fx",
+        ),
+        (
+            // The registry reads the first Content-Type; nginx >= 1.23 gives
+            // csel-auth both, joined with ", ".
+            "a form body and a second Content-Type",
+            "/v2/coolteam/app/blobs/uploads/".to_string(),
+            &[form.1, "application/octet-stream"],
+            form_mount.as_bytes(),
         ),
         (
             "a form body with a charset",
             mount.clone(),
-            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            &["application/x-www-form-urlencoded; charset=utf-8"],
             b"from=carol%2Fx",
         ),
         (
             "a multipart form body",
             mount.clone(),
-            Some("multipart/form-data; boundary=x"),
+            &["multipart/form-data; boundary=x"],
             b"--x\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\ncarol/x\r\n--x--\r\n",
         ),
         (
             "a repeated from, carol/x first",
             format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=carol/x&from=library/alpine"),
-            None,
+            &[],
             b"",
         ),
         (
             "a repeated from, carol/x second",
             format!("/v2/coolteam/app/blobs/uploads/?mount={secret}&from=library/alpine&from=carol/x"),
-            None,
+            &[],
             b"",
         ),
     ];
-    for (what, uri, content_type, body) in variants {
-        step(&format!("[{mode}] a mount with {what} is refused"), || {
-            let headers: Vec<_> = content_type.map(|c| ("Content-Type", c)).into_iter().collect();
+    for (what, uri, content_types, body) in variants {
+        step(&format!("[{mode}, {nginx}] a mount with {what} is refused"), || {
+            let headers: Vec<_> = content_types.iter().map(|c| ("Content-Type", *c)).collect();
             let response = stack.request(alice, "POST", &uri, &headers, body)?;
             ensure!(
                 !(200..300).contains(&response.status),
@@ -350,19 +376,22 @@ fn mount_from_a_form_body(mode: Mode) -> Result<()> {
             Ok(())
         })?;
     }
-    step(&format!("[{mode}] carol's blob never reached coolteam/app"), || {
-        let blob = stack.registry.get(&format!("/v2/coolteam/app/blobs/{secret}"))?;
-        ensure!(blob.status == 404, "carol's blob is in coolteam/app: {blob:?}");
-        expect_log_line(
-            "csel-auth logged the form-body refusal",
-            &stack.decision_log(),
-            &[
-                "status=403",
-                "user=\"alice\"",
-                "method=\"POST\"",
-                "/v2/coolteam/app/blobs/uploads/",
-            ],
-        )
-    })?;
+    step(
+        &format!("[{mode}, {nginx}] carol's blob never reached coolteam/app"),
+        || {
+            let blob = stack.registry.get(&format!("/v2/coolteam/app/blobs/{secret}"))?;
+            ensure!(blob.status == 404, "carol's blob is in coolteam/app: {blob:?}");
+            expect_log_line(
+                "csel-auth logged the form-body refusal",
+                &stack.decision_log(),
+                &[
+                    "status=403",
+                    "user=\"alice\"",
+                    "method=\"POST\"",
+                    "/v2/coolteam/app/blobs/uploads/",
+                ],
+            )
+        },
+    )?;
     Ok(())
 }

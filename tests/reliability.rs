@@ -5,7 +5,8 @@
 //! * `faults`: unreadable, missing, deleted, huge and pathological files; slow clients;
 //!   10k concurrent connections.
 //! * `hostile`: the corpus `tests/data/hostile.txt` (and `attacks.txt`) replayed against
-//!   csel-auth directly and through nginx in front of a real registry.
+//!   csel-auth directly and through nginx (1.22 and 1.26, basic and token mode) in front of a
+//!   real registry.
 //! * `fuzz`: the fuzz targets' invariants (`fuzz/checks.rs`) under proptest.
 //! * `timing`: unknown users and wrong passwords cost the same.
 //!
@@ -23,5 +24,7 @@ mod harness;
 mod hostile;
 #[path = "reliability/reload.rs"]
 mod reload;
+#[path = "e2e/stack.rs"]
+mod stack;
 #[path = "reliability/timing.rs"]
 mod timing;

@@ -154,6 +154,45 @@ impl Comparison {
     }
 }
 
+impl Comparison {
+    /// See [`Expression::names_path`].
+    fn names_path(&self, name: &str, positive: bool) -> bool {
+        const PATH: Operand = Operand::Variable(Variable::Path);
+        fn literal(operand: &Operand) -> Option<&str> {
+            match operand {
+                Operand::Text(text) => Some(text),
+                Operand::Variable(_) => None,
+            }
+        }
+        match self.op {
+            CompareOp::Equals | CompareOp::NotEquals => {
+                // `!=` is a negated `==`.
+                if positive != (self.op == CompareOp::Equals) {
+                    return false;
+                }
+                let text = if self.left == PATH {
+                    literal(&self.right)
+                } else if self.right == PATH {
+                    literal(&self.left)
+                } else {
+                    None
+                };
+                text == Some(name)
+            }
+            CompareOp::StartsWith => positive && self.left == PATH && literal(&self.right) == Some(name),
+            CompareOp::Matches => {
+                positive
+                    && self.left == PATH
+                    && literal(&self.right).is_some_and(|regex| {
+                        regex.match_indices(name).any(|(at, _)| {
+                            !regex[at + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        })
+                    })
+            }
+        }
+    }
+}
+
 fn compare(op: CompareOp, left: &str, right: &str) -> bool {
     match op {
         CompareOp::Equals => left == right,
@@ -222,6 +261,15 @@ impl Expr {
         }
     }
 
+    /// See [`Expression::names_path`]; `positive` is false under an odd number of `not`.
+    fn names_path(&self, name: &str, positive: bool) -> bool {
+        match self {
+            Expr::Or(children) | Expr::And(children) => children.iter().any(|c| c.names_path(name, positive)),
+            Expr::Not(inner) => inner.names_path(name, !positive),
+            Expr::Compare(comparison) => comparison.names_path(name, positive),
+        }
+    }
+
     /// Every comparison, in source order.
     pub fn comparisons(&self) -> Vec<&Comparison> {
         let mut out = Vec::new();
@@ -282,13 +330,13 @@ impl Expression {
         &self.root
     }
 
-    /// Whether a string literal of the expression contains `text`.
-    pub fn mentions(&self, text: &str) -> bool {
-        self.root.comparisons().iter().any(|c| {
-            [&c.left, &c.right]
-                .iter()
-                .any(|o| matches!(o, Operand::Text(t) if t.contains(text)))
-        })
+    /// Whether a positive comparison of `path` selects `name` by name: `path == "NAME"` (either
+    /// side), `path =^ "NAME"`, or `path =~ "…NAME…"` with NAME written out in the regex and not
+    /// followed by a letter, digit or `_`. A comparison under an odd number of `not` (`!=`
+    /// counts as one) names nothing: `path != "/v2/_catalogue"` and `not (path == NAME)` select
+    /// everything else. Look-alikes (`=^ "/v2/_cat"`, `=~ "/v2/_catalogue|.*"`) name nothing.
+    pub fn names_path(&self, name: &str) -> bool {
+        self.root.names_path(name, true)
     }
 
     /// Whether the expression contains `${user}` (and so never matches

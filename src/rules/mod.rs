@@ -341,8 +341,9 @@ impl Rules {
             Target::Inline(expression) => expression,
         };
         // The catalog lists every repository: a target reaches it only when
-        // its expression names it, never through a broad match.
-        if facts.path == crate::CATALOG_PATH && !expression.mentions(crate::CATALOG_PATH) {
+        // a positive comparison of its expression names it, never through a
+        // broad match (`path != "/v2/_catalogue"` names nothing).
+        if facts.path == crate::CATALOG_PATH && !expression.names_path(crate::CATALOG_PATH) {
             return false;
         }
         expression.matches(facts)

@@ -22,6 +22,8 @@
 //! * `CSEL_NGINX_DIR`: directory with csel-auth.conf, csel-auth-upstream.conf
 //!   and registry.conf (default: `<crate>/nginx`).
 //! * `CSEL_E2E_KEEP_TMP=1`: keep temporary directories for post-mortem.
+//! * `CSEL_NGINX_126`: the nginx 1.26 binary the tests that run on both nginx
+//!   versions use (default: where `scripts/install-test-deps` unpacks it).
 //!
 //! Programs and the Debian packages that provide them: nginx (nginx-light),
 //! docker-registry (docker-registry), dockerd and docker (docker.io), skopeo
@@ -118,21 +120,94 @@ fn is_executable(path: &Path) -> bool {
 
 /// nginx found in PATH and built with the auth_request module.
 pub fn require_nginx() -> Result<PathBuf> {
-    let nginx = require_program("nginx")?;
-    let output = Command::new(&nginx)
-        .arg("-V")
-        .output()
-        .with_context(|| format!("running `{} -V`", nginx.display()))?;
-    // nginx prints its build configuration on stderr.
-    let text = String::from_utf8_lossy(&output.stderr);
-    if !text.contains("http_auth_request_module") {
-        bail!(
-            "{} was built without the auth_request module; install the Debian \
-             package `nginx-light` (or `nginx`), which includes it",
-            nginx.display()
-        );
+    Ok(NginxBinary::probe(&require_program("nginx")?)?.path)
+}
+
+/// Where `scripts/install-test-deps` unpacks Debian 13's nginx 1.26
+/// (`CSEL_NGINX_126` overrides it).
+pub const NGINX_126_DEFAULT: &str = "/opt/csel-auth-test/nginx-1.26/usr/sbin/nginx";
+
+/// One nginx the end-to-end tests run against.
+#[derive(Clone, Debug)]
+pub struct NginxBinary {
+    pub path: PathBuf,
+    /// As `nginx -v` says it: `nginx/1.22.1`.
+    pub version: String,
+}
+
+impl NginxBinary {
+    /// Checks that `path` runs and has the auth_request module.
+    pub fn probe(path: &Path) -> Result<Self> {
+        let output = Command::new(path)
+            .arg("-V")
+            .output()
+            .with_context(|| format!("running `{} -V`", path.display()))?;
+        // nginx prints its version and build configuration on stderr.
+        let text = String::from_utf8_lossy(&output.stderr);
+        let version = text
+            .lines()
+            .find_map(|line| line.strip_prefix("nginx version: "))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| anyhow!("`{} -V` printed no version:\n{text}", path.display()))?;
+        if !text.contains("http_auth_request_module") {
+            bail!(
+                "{} was built without the auth_request module; install the Debian \
+                 package `nginx-light` (or `nginx`), which includes it",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            version,
+        })
     }
-    Ok(nginx)
+
+    /// The system's nginx (Debian 12: 1.22).
+    pub fn system() -> Result<Self> {
+        Self::probe(&require_program("nginx")?)
+    }
+}
+
+impl fmt::Display for NginxBinary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.version)
+    }
+}
+
+/// Whether this runs in CI (`CI` set to anything but empty, `0` or `false`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// Every nginx the tests must pass on: the system's (1.22 on Debian 12) and
+/// Debian 13's 1.26. nginx 1.23 changed how repeated request headers reach
+/// variables (`$content_type` joins them with ", "), so both sides of that
+/// change are tested. Without the 1.26 binary this fails in CI and, outside
+/// CI, says loudly that only one version is tested.
+pub fn nginx_binaries() -> Result<Vec<NginxBinary>> {
+    let mut binaries = vec![NginxBinary::system()?];
+    let newer = std::env::var_os("CSEL_NGINX_126").map_or_else(|| PathBuf::from(NGINX_126_DEFAULT), PathBuf::from);
+    match NginxBinary::probe(&newer) {
+        Ok(binary) if binary.version.starts_with("nginx/1.26.") => binaries.push(binary),
+        found => {
+            let what = match found {
+                Ok(binary) => format!("{} is {}, not 1.26", newer.display(), binary.version),
+                Err(error) => format!("{error:#}"),
+            };
+            let message = format!(
+                "nginx 1.26 is missing ({what}); run scripts/install-test-deps, which unpacks \
+                 Debian 13's nginx into {NGINX_126_DEFAULT} (or set CSEL_NGINX_126)"
+            );
+            if in_ci() {
+                bail!("{message}");
+            }
+            eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+            eprintln!("!!! WARNING: {message}");
+            eprintln!("!!! testing only {}", binaries[0]);
+            eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        }
+    }
+    Ok(binaries)
 }
 
 // ---------------------------------------------------------------------------
@@ -926,6 +1001,7 @@ pub struct Nginx {
     addr: SocketAddr,
     process: ProcessGuard,
     dir: TestDir,
+    version: String,
 }
 
 impl Nginx {
@@ -938,24 +1014,27 @@ impl Nginx {
         })
     }
 
+    /// The system's nginx with `options`.
     pub fn start_with(options: NginxOptions) -> Result<Self> {
-        let nginx = require_nginx()?;
+        Self::start_on(&NginxBinary::system()?, options)
+    }
+
+    /// `binary` (one of [`nginx_binaries`]) with `options`.
+    pub fn start_on(binary: &NginxBinary, options: NginxOptions) -> Result<Self> {
+        let nginx = &binary.path;
+        let version = binary.version.clone();
         let attempt = |port: u16| -> Result<(Nginx, Option<String>)> {
             let dir = TestDir::new("nginx")?;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let conf = write_nginx_files(&dir, addr, &options)?;
             let error_log = dir.join("logs/error.log");
-            let check = run_command(
-                nginx_command(&nginx, &dir, &conf, &error_log, true),
-                None,
-                START_TIMEOUT,
-            )?;
+            let check = run_command(nginx_command(nginx, &dir, &conf, &error_log, true), None, START_TIMEOUT)?;
             if !check.success() {
                 bail!("`nginx -t` rejected the test configuration:\n{check}");
             }
             let mut process = ProcessGuard::spawn(
                 "nginx",
-                nginx_command(&nginx, &dir, &conf, &error_log, false),
+                nginx_command(nginx, &dir, &conf, &error_log, false),
                 &dir.join("logs/stdout.log"),
             )?;
             process.extra_logs = vec![error_log.clone(), dir.join("logs/access.log")];
@@ -967,11 +1046,27 @@ impl Nginx {
                 http_get(&target, "/_csel_auth").is_ok()
             });
             match ready {
-                Ok(()) => Ok((Nginx { addr, process, dir }, None)),
+                Ok(()) => Ok((
+                    Nginx {
+                        addr,
+                        process,
+                        dir,
+                        version: version.clone(),
+                    },
+                    None,
+                )),
                 Err(err) => {
                     let errors = fs::read_to_string(&error_log).unwrap_or_default();
                     if options.listen_port.is_none() && port_in_use(&errors) {
-                        Ok((Nginx { addr, process, dir }, Some(err.to_string())))
+                        Ok((
+                            Nginx {
+                                addr,
+                                process,
+                                dir,
+                                version: version.clone(),
+                            },
+                            Some(err.to_string()),
+                        ))
                     } else {
                         Err(err)
                     }
@@ -982,6 +1077,11 @@ impl Nginx {
             Some(port) => attempt(port).map(|(n, _)| n),
             None => start_with_port_retry("nginx", attempt),
         }
+    }
+
+    /// `nginx/1.22.1`, as `nginx -v` says.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Where clients connect (`127.0.0.1:PORT`, also the registry host name).

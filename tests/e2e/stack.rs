@@ -141,8 +141,13 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts registry, csel-auth (`mode`, rules `rules`) and nginx.
+    /// Starts registry, csel-auth (`mode`, rules `rules`) and the system's nginx.
     pub fn start(mode: Mode, rules: &str) -> Result<Self> {
+        Self::start_on(&NginxBinary::system()?, mode, rules)
+    }
+
+    /// [`Stack::start`] with `nginx` (one of [`nginx_binaries`]).
+    pub fn start_on(nginx: &NginxBinary, mode: Mode, rules: &str) -> Result<Self> {
         let dir = TestDir::new(&format!("stack-{mode}"))?;
         let rules_path = dir.write("registry.rules", rules)?;
         let htpasswd = dir.write("users.htpasswd", example("users.htpasswd")?)?;
@@ -159,12 +164,15 @@ impl Stack {
             }
         };
         let auth = CselAuth::start(args)?;
-        let nginx = Nginx::start_with(NginxOptions {
-            registry_addr: registry.addr(),
-            csel_auth_addr: auth.addr().clone(),
-            listen_port,
-            edit: None,
-        })?;
+        let nginx = Nginx::start_on(
+            nginx,
+            NginxOptions {
+                registry_addr: registry.addr(),
+                csel_auth_addr: auth.addr().clone(),
+                listen_port,
+                edit: None,
+            },
+        )?;
         Ok(Self {
             nginx,
             auth,

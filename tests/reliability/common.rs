@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use csel_auth::decision::{decide, AccessRequest, Reason};
+use csel_auth::decision::{decide_and_answer, AccessRequest, Credential};
 use csel_auth::rules::Rules;
 
 /// Socket timeout of the client: a hung service fails the test instead of hanging it.
@@ -108,28 +108,21 @@ pub fn basic(user: &str, password: &str) -> String {
     )
 }
 
-/// The status csel-auth must answer for this request under `rules` (SPEC section 4): 200 when
-/// allowed; when denied 401 for anonymous and 403 for a user, and 403 for a malformed request.
+/// The status csel-auth must answer for this request under `rules` in basic mode (Basic
+/// credentials for a user, none for anonymous), by the service's own mapping.
 pub fn expected_status(rules: &Rules, user: Option<&str>, method: &str, uri: &str, content_type: Option<&str>) -> u16 {
-    let decision = decide(
-        rules,
-        user,
-        &AccessRequest {
-            method,
-            uri,
-            format: "docker",
-            content_type,
-        },
-    );
-    let malformed = matches!(
-        decision.reason,
-        Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
-    );
-    match (decision.allowed, user, malformed) {
-        (true, _, _) => 200,
-        (false, None, false) => 401,
-        (false, _, _) => 403,
-    }
+    let credential = if user.is_some() {
+        Credential::Basic
+    } else {
+        Credential::None
+    };
+    let request = AccessRequest {
+        method,
+        uri,
+        format: "docker",
+        content_type,
+    };
+    decide_and_answer(rules, user, credential, false, &request).1.status()
 }
 
 // ---------------------------------------------------------------------------------------------

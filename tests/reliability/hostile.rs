@@ -1,19 +1,20 @@
 //! Hostile requests as data — `tests/data/hostile.txt` (path, header, credential and mount
 //! tricks) and `tests/data/attacks.txt` — replayed against csel-auth directly, and through nginx
-//! (the repository's `nginx/` files) in front of a real CNCF distribution registry holding
-//! private blobs. Nothing private may ever come back: directly, every hostile request is a 401
+//! (the repository's `nginx/` files, on nginx 1.22 and 1.26, with csel-auth in basic and in
+//! token mode) in front of a real CNCF distribution registry holding private blobs. Nothing private may ever come back: directly, every hostile request is a 401
 //! or 403 (or not even HTTP); through nginx, none is a 2xx, no answer carries a private blob, and
 //! csel-auth's metrics show it allowed none of them. Honest controls must pass both ways.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::common::{basic, exclusive, password, report, Conn, Setup, Subrequest};
 use crate::harness;
+use crate::stack::{Mode, Stack};
 
 const HOSTILE: &str = include_str!("../data/hostile.txt");
 const ATTACKS: &str = include_str!("../data/attacks.txt");
@@ -345,89 +346,160 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Through nginx, in basic and in token mode, on every nginx version the tests run on (1.22 and
+/// 1.26: nginx 1.23 changed how repeated headers reach `$content_type`). Each combination gets a
+/// fresh registry, csel-auth and nginx, and prints its own summary line.
 #[test]
 fn hostile_requests_through_nginx_and_a_registry_return_nothing_private() {
     let _turn = exclusive();
     let names = placeholders();
     let cases = all_cases(&names);
-    let run = || -> anyhow::Result<()> {
-        let dir = harness::TestDir::new("hostile")?;
-        let rules = dir.write("registry.rules", RULES)?;
-        let users = dir.write("users.htpasswd", USERS)?;
-        let registry = harness::Registry::start()?;
-        for (name, repository, content) in BLOBS {
-            let pushed = registry.push_blob(repository, content.as_bytes())?;
-            anyhow::ensure!(pushed == names[name], "{name}: pushed {pushed}");
-        }
-        let csel = harness::CselAuth::start(harness::CselAuthArgs::new(&rules, &users))?;
-        let nginx = harness::Nginx::start(registry.addr(), csel.addr())?;
-        let allowed = || -> anyhow::Result<f64> {
-            let metrics = csel.request("GET", "/metrics", &[], b"")?;
-            Ok(crate::common::parse_metrics(&metrics.body_text())
-                .get("csel_auth_decisions_total{outcome=\"allowed\"}")
-                .copied()
-                .unwrap_or(0.0))
-        };
-        let mut failures = Vec::new();
-        let mut statuses: HashMap<u16, usize> = HashMap::new();
-        let mut replayed = 0;
-        for (index, case) in cases.iter().enumerate() {
-            // nginx always sets its headers; an absolute-form target reaches csel-auth as the
-            // origin-form path nginx made of it, decided like any other (attacks.txt has one
-            // for the library, which is public).
-            let absolute = case.uri.starts_with(b"http://") && case.origin.starts_with("attacks");
-            if case.expect == Expect::Misconfigured || absolute {
-                continue;
-            }
-            replayed += 1;
-            let before = allowed()?;
-            let answer = send_from(client_address(index), nginx.addr(), &client_request(case, nginx.addr()))?;
-            let after = allowed()?;
-            let status = status_of(&answer);
-            *statuses.entry(status).or_default() += 1;
-            let problem = match case.expect {
-                Expect::Allow if !(200..300).contains(&status) => Some(format!("control answered {status}")),
-                Expect::Allow if after != before + 1.0 => Some("control not allowed by csel-auth".to_string()),
-                Expect::Deny if (200..300).contains(&status) => Some(format!("answered {status}")),
-                Expect::Deny if after != before => Some(format!("csel-auth allowed it (answer {status})")),
-                Expect::Deny if contains(&answer, PRIVATE_MARK) => Some("private content in the answer".into()),
-                _ => None,
-            };
-            verbose(&format!("{} {:?} via nginx: {status}", case.origin, case.expect));
-            if let Some(problem) = problem {
-                failures.push(format!("{}: {problem}", case.origin));
-            }
-        }
-        // No mount trick copied a private blob into a repository its reader may see.
-        for (repository, blob) in [
-            ("coolteam/app", "ALICE_BLOB"),
-            ("library/alpine", "ALICE_BLOB"),
-            ("library/alpine", "TEAM_BLOB"),
-            ("carol/x", "ALICE_BLOB"),
-        ] {
-            let found = registry.get(&format!("/v2/{repository}/blobs/{}", names[blob]))?;
-            if found.status != 404 {
-                failures.push(format!("{blob} is readable in {repository}: {}", found.status));
-            }
-        }
-        let mut statuses: Vec<_> = statuses.into_iter().collect();
-        statuses.sort();
-        report(&format!(
-            "reliability: hostile corpus through nginx and the registry: {replayed} requests, {} wrong; \
-             answers {statuses:?}",
-            failures.len()
-        ));
-        anyhow::ensure!(
-            failures.is_empty(),
-            "through nginx:\n{}\n--- csel-auth log (tail) ---\n{}",
-            failures.join("\n"),
-            tail(&csel.log(), 30)
-        );
-        Ok(())
+    let binaries = match harness::nginx_binaries() {
+        Ok(binaries) => binaries,
+        Err(error) => panic!("{error:#}"),
     };
-    if let Err(error) = run() {
-        panic!("{error:#}");
+    let mut failed = Vec::new();
+    for nginx in &binaries {
+        for mode in [Mode::Basic, Mode::Token] {
+            report(&format!(
+                "reliability: hostile corpus through nginx, {mode} mode, nginx -v: {} ({})",
+                nginx.version,
+                nginx.path.display()
+            ));
+            if let Err(error) = replay_through_nginx(nginx, mode, &cases, &names) {
+                failed.push(format!("=== {} {mode} mode:\n{error:#}", nginx.version));
+            }
+        }
     }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The `Authorization` a case sends in token mode: a user's Basic credentials become a token
+/// the realm issued to that user, and no credentials an anonymous token (what docker sends);
+/// hostile raw values stay as written. Tokens are fetched again after a minute, well within
+/// their lifetime.
+struct Tokens<'a> {
+    stack: &'a Stack,
+    issued: HashMap<Option<String>, (Instant, String)>,
+}
+
+impl Tokens<'_> {
+    fn authorization(&mut self, case: &Case) -> anyhow::Result<Option<Vec<u8>>> {
+        if case.authorization.is_some() && case.user.is_none() {
+            return Ok(case.authorization.clone());
+        }
+        let fresh = self
+            .issued
+            .get(&case.user)
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(60))
+            .map(|(_, token)| token.clone());
+        let token = match fresh {
+            Some(token) => token,
+            None => {
+                let token = self
+                    .stack
+                    .authorization(case.user.as_deref())?
+                    .ok_or_else(|| anyhow::anyhow!("no token for {:?}", case.user))?;
+                self.issued.insert(case.user.clone(), (Instant::now(), token.clone()));
+                token
+            }
+        };
+        Ok(Some(token.into_bytes()))
+    }
+}
+
+fn replay_through_nginx(
+    nginx: &harness::NginxBinary,
+    mode: Mode,
+    cases: &[Case],
+    names: &HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let stack = Stack::start_on(nginx, mode, RULES)?;
+    for (name, repository, content) in BLOBS {
+        let pushed = stack.registry.push_blob(repository, content.as_bytes())?;
+        anyhow::ensure!(pushed == names[name], "{name}: pushed {pushed}");
+    }
+    let allowed = || -> anyhow::Result<f64> {
+        let metrics = stack.auth.request("GET", "/metrics", &[], b"")?;
+        Ok(crate::common::parse_metrics(&metrics.body_text())
+            .get("csel_auth_decisions_total{outcome=\"allowed\"}")
+            .copied()
+            .unwrap_or(0.0))
+    };
+    let mut tokens = Tokens {
+        stack: &stack,
+        issued: HashMap::new(),
+    };
+    let address = stack.nginx.addr();
+    let mut failures = Vec::new();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut replayed = 0;
+    for (index, case) in cases.iter().enumerate() {
+        // nginx always sets its headers; an absolute-form target reaches csel-auth as the
+        // origin-form path nginx made of it, decided like any other (attacks.txt has one
+        // for the library, which is public).
+        let absolute = case.uri.starts_with(b"http://") && case.origin.starts_with("attacks");
+        if case.expect == Expect::Misconfigured || absolute {
+            continue;
+        }
+        let mut case = case.clone();
+        let mut expect = case.expect;
+        if mode == Mode::Token {
+            // A control whose raw credentials carry no token is challenged in token mode.
+            if expect == Expect::Allow && case.user.is_none() && case.authorization.is_some() {
+                expect = Expect::Deny;
+            }
+            case.authorization = tokens.authorization(&case)?;
+        }
+        replayed += 1;
+        let before = allowed()?;
+        let answer = send_from(client_address(index), address, &client_request(&case, address))?;
+        let after = allowed()?;
+        let status = status_of(&answer);
+        *statuses.entry(status).or_default() += 1;
+        let problem = match expect {
+            Expect::Allow if !(200..300).contains(&status) => Some(format!("control answered {status}")),
+            Expect::Allow if after != before + 1.0 => Some("control not allowed by csel-auth".to_string()),
+            Expect::Deny if (200..300).contains(&status) => Some(format!("answered {status}")),
+            Expect::Deny if after != before => Some(format!("csel-auth allowed it (answer {status})")),
+            Expect::Deny if contains(&answer, PRIVATE_MARK) => Some("private content in the answer".into()),
+            _ => None,
+        };
+        verbose(&format!(
+            "{} {expect:?} via {} {mode}: {status}",
+            case.origin, nginx.version
+        ));
+        if let Some(problem) = problem {
+            failures.push(format!("{}: {problem}", case.origin));
+        }
+    }
+    // No mount trick copied a private blob into a repository its reader may see.
+    for (repository, blob) in [
+        ("coolteam/app", "ALICE_BLOB"),
+        ("library/alpine", "ALICE_BLOB"),
+        ("library/alpine", "TEAM_BLOB"),
+        ("carol/x", "ALICE_BLOB"),
+    ] {
+        let found = stack.registry.get(&format!("/v2/{repository}/blobs/{}", names[blob]))?;
+        if found.status != 404 {
+            failures.push(format!("{blob} is readable in {repository}: {}", found.status));
+        }
+    }
+    let mut statuses: Vec<_> = statuses.into_iter().collect();
+    statuses.sort();
+    report(&format!(
+        "reliability: hostile corpus through {} and the registry, {mode} mode: {replayed} requests, {} wrong; \
+         answers {statuses:?}",
+        nginx.version,
+        failures.len()
+    ));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "through nginx:\n{}\n--- csel-auth log (tail) ---\n{}",
+        failures.join("\n"),
+        tail(&stack.auth.log(), 30)
+    );
+    Ok(())
 }
 
 /// `CSEL_RELIABILITY_VERBOSE=1` prints every case's answer.
