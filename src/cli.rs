@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::ConfigFile;
 use crate::csel::{Expression, Facts};
 use crate::decision::{decide_and_answer, explain, AccessRequest, Answer, Credential, Explanation, GrantCheck};
 use crate::identity::Htpasswd;
@@ -24,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Answer nginx auth_request subrequests.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a rules file, like `nginx -t`: errors (exit 1) and warnings.
     Check(CheckArgs),
     /// Show how one request is decided, and why.
@@ -37,70 +39,168 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML config file with keys for these flags; a flag given here wins over the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The rules file (watched; reloaded when it changes, and on SIGHUP).
     #[arg(long)]
-    rules: PathBuf,
+    rules: Option<PathBuf>,
     /// Users and bcrypt password hashes, as made by `htpasswd -B` (watched too).
     #[arg(long)]
     htpasswd: Option<PathBuf>,
-    /// HOST:PORT, or unix:/path/to.sock.
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    listen: crate::service::Listen,
-    /// Permissions of the unix socket, in octal.
-    #[arg(long, default_value = "660", value_parser = parse_octal)]
-    socket_mode: u32,
-    /// Format assumed when nginx sends no X-Repository-Format.
-    #[arg(long, default_value = "docker")]
-    format: String,
-    /// Realm of the Basic challenge.
-    #[arg(long, default_value = "csel-auth")]
-    realm: String,
+    /// HOST:PORT, or unix:/path/to.sock [default: 127.0.0.1:9000]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Permissions of the unix socket, in octal [default: 660]
+    #[arg(long)]
+    socket_mode: Option<String>,
+    /// Format assumed when nginx sends no X-Repository-Format [default: docker]
+    #[arg(long)]
+    format: Option<String>,
+    /// Realm of the Basic challenge [default: csel-auth]
+    #[arg(long)]
+    realm: Option<String>,
     /// Serve the docker token realm; this URL is announced in Bearer challenges
     /// (e.g. https://registry.example.com/token).
     #[arg(long)]
     token_realm: Option<String>,
-    /// Service name of the token realm (`service` in challenges, `aud` of tokens).
-    #[arg(long, default_value = "csel-auth")]
-    token_service: String,
-    /// File with the token signing key; created (mode 0600) if missing.
-    #[arg(long, default_value = "csel-auth.key")]
-    token_key: PathBuf,
-    /// Lifetime of access tokens, in seconds.
-    #[arg(long, default_value_t = 300)]
-    token_ttl: u64,
-    /// Lifetime of refresh tokens, in seconds.
-    #[arg(long, default_value_t = 86_400)]
-    refresh_token_ttl: u64,
-    /// Seconds between checks of the watched files (besides file events).
-    #[arg(long, default_value_t = 2)]
-    reload_interval: u64,
-    /// bcrypt computations allowed at once.
-    #[arg(long, default_value_t = 2)]
-    bcrypt_concurrency: usize,
-    /// Verified logins remembered (keyed by a secret-keyed hash, never the password).
-    #[arg(long, default_value_t = 10_000)]
-    login_cache: usize,
-    /// Connections served at once; more wait to be accepted.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
+    /// Service name of the token realm (`service` in challenges, `aud` of tokens) [default: csel-auth]
+    #[arg(long)]
+    token_service: Option<String>,
+    /// File with the token signing key; created (mode 0600) if missing [default: csel-auth.key]
+    #[arg(long)]
+    token_key: Option<PathBuf>,
+    /// Lifetime of access tokens, in seconds [default: 300]
+    #[arg(long)]
+    token_ttl: Option<u64>,
+    /// Lifetime of refresh tokens, in seconds [default: 86400]
+    #[arg(long)]
+    refresh_token_ttl: Option<u64>,
+    /// Seconds between checks of the watched files (besides file events) [default: 2]
+    #[arg(long)]
+    reload_interval: Option<u64>,
+    /// bcrypt computations allowed at once [default: 2]
+    #[arg(long)]
+    bcrypt_concurrency: Option<usize>,
+    /// Verified logins remembered (keyed by a secret-keyed hash, never the password) [default: 10000]
+    #[arg(long)]
+    login_cache: Option<usize>,
+    /// Connections served at once; more wait to be accepted [default: 4096]
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Log filter: error, warn, info (one line per decision), debug; or a
-    /// tracing filter such as `csel_auth::decision=warn,info`.
-    #[arg(long, default_value = "info", env = "CSEL_AUTH_LOG")]
-    log: String,
-    /// Log lines as text or JSON.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// tracing filter such as `csel_auth::decision=warn,info` [default: info]
+    #[arg(long, env = "CSEL_AUTH_LOG")]
+    log: Option<String>,
+    /// Log lines as text or JSON [default: text]
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|_| format!("`{s}` is not an octal mode such as 660"))
 }
 
+/// The service's settings: flags over the config file over the defaults.
+struct ServeSettings {
+    config: crate::service::Config,
+    log: String,
+    log_format: String,
+}
+
+fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(|e| format!("error: {e}"))?,
+        None => ConfigFile::default(),
+    };
+    let rules = args
+        .rules
+        .or(file.rules.clone())
+        .ok_or("error: no rules file: give --rules FILE, or `rules = \"FILE\"` in the config file")?;
+    let listen_text = args
+        .listen
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9000".into());
+    let listen = listen_text
+        .parse::<crate::service::Listen>()
+        .map_err(|e| format!("error: listen: {e}"))?;
+    let socket_mode = parse_octal(
+        &args
+            .socket_mode
+            .or(file.socket_mode.clone())
+            .unwrap_or_else(|| "660".into()),
+    )
+    .map_err(|e| format!("error: socket_mode: {e}"))?;
+    let file_token = file.token.clone().unwrap_or_default();
+    let token = match args.token_realm.or(file.token.as_ref().map(|t| t.realm.clone())) {
+        None => None,
+        Some(realm) => Some(crate::service::TokenConfig {
+            realm,
+            service: args
+                .token_service
+                .or(file_token.service)
+                .unwrap_or_else(|| "csel-auth".into()),
+            key_file: args
+                .token_key
+                .or(file_token.key_file)
+                .unwrap_or_else(|| PathBuf::from("csel-auth.key")),
+            ttl: args
+                .token_ttl
+                .map(Duration::from_secs)
+                .or(file_token.ttl)
+                .unwrap_or(Duration::from_secs(300)),
+            refresh_ttl: args
+                .refresh_token_ttl
+                .map(Duration::from_secs)
+                .or(file_token.refresh_ttl)
+                .unwrap_or(Duration::from_secs(86_400)),
+        }),
+    };
+    let reload_period = args
+        .reload_interval
+        .map(Duration::from_secs)
+        .or(file.reload_interval)
+        .unwrap_or(Duration::from_secs(2))
+        .max(Duration::from_secs(1));
+    let log_format = args
+        .log_format
+        .or(file.log.format.clone())
+        .unwrap_or_else(|| "text".into());
+    if log_format != "text" && log_format != "json" {
+        return Err(format!("error: log format `{log_format}`: expected `text` or `json`"));
+    }
+    Ok(ServeSettings {
+        config: crate::service::Config {
+            config_file: args.config.clone().map(|path| (path, file.clone())),
+            rules,
+            htpasswd: args.htpasswd.or(file.htpasswd.clone()),
+            listen,
+            socket_mode,
+            default_format: args.format.or(file.format.clone()).unwrap_or_else(|| "docker".into()),
+            basic_realm: args.realm.or(file.realm.clone()).unwrap_or_else(|| "csel-auth".into()),
+            token,
+            reload_period,
+            bcrypt_concurrency: args.bcrypt_concurrency.or(file.logins.bcrypt_concurrency).unwrap_or(2),
+            login_cache: args.login_cache.or(file.logins.cache).unwrap_or(10_000),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(4096),
+        },
+        log: args.log.or(file.log.filter.clone()).unwrap_or_else(|| "info".into()),
+        log_format,
+    })
+}
+
 fn serve(args: ServeArgs) -> u8 {
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+    let settings = match serve_settings(args) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return EXIT_ERROR;
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&settings.log) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: --log `{}`: {e}", args.log);
+            eprintln!("error: log filter `{}`: {e}", settings.log);
             return EXIT_ERROR;
         }
     };
@@ -108,37 +208,22 @@ fn serve(args: ServeArgs) -> u8 {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == "json" {
+    if settings.log_format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
-    let config = crate::service::Config {
-        rules: args.rules,
-        htpasswd: args.htpasswd,
-        listen: args.listen,
-        socket_mode: args.socket_mode,
-        default_format: args.format,
-        basic_realm: args.realm,
-        token: args.token_realm.map(|realm| crate::service::TokenConfig {
-            realm,
-            service: args.token_service,
-            key_file: args.token_key,
-            ttl: std::time::Duration::from_secs(args.token_ttl),
-            refresh_ttl: std::time::Duration::from_secs(args.refresh_token_ttl),
-        }),
-        reload_period: std::time::Duration::from_secs(args.reload_interval.max(1)),
-        bcrypt_concurrency: args.bcrypt_concurrency,
-        login_cache: args.login_cache,
-        max_connections: args.max_connections,
-    };
-    crate::service::run(config)
+    crate::service::run(settings.config)
 }
 
 #[derive(Args)]
 struct CheckArgs {
-    /// The rules file.
-    rules: PathBuf,
+    /// The rules file (or the one the config file names).
+    #[arg(required_unless_present = "config")]
+    rules: Option<PathBuf>,
+    /// Check this config file, then the rules and htpasswd files it names.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Also check group members and users against this htpasswd file.
     #[arg(long)]
     htpasswd: Option<PathBuf>,
@@ -224,7 +309,7 @@ const EXIT_ERROR: u8 = 2;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     ExitCode::from(match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(&args),
         Command::Explain(args) => explain_command(&args),
         Command::Test(args) => test_command(&args),
@@ -250,20 +335,39 @@ fn load_htpasswd(path: Option<&Path>) -> Result<Option<Htpasswd>, u8> {
 }
 
 fn check(args: &CheckArgs) -> u8 {
-    let rules = match Rules::load(&args.rules) {
+    let file = match &args.config {
+        None => ConfigFile::default(),
+        Some(path) => match ConfigFile::load(path) {
+            Ok(file) => {
+                println!("{}: ok", path.display());
+                file
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_NO;
+            }
+        },
+    };
+    let Some(rules_path) = args.rules.clone().or(file.rules.clone()) else {
+        eprintln!("error: no rules file: give one, or `rules = \"FILE\"` in the config file");
+        return EXIT_NO;
+    };
+    let htpasswd_path = args.htpasswd.clone().or(file.htpasswd.clone());
+    let token_mode = args.token_mode || file.token.is_some();
+    let rules = match Rules::load(&rules_path) {
         Ok(rules) => rules,
         Err(e) => {
             eprintln!("{e}");
             return EXIT_NO;
         }
     };
-    let htpasswd = match load_htpasswd(args.htpasswd.as_deref()) {
+    let htpasswd = match load_htpasswd(htpasswd_path.as_deref()) {
         Ok(h) => h,
         Err(_) => return EXIT_NO,
     };
     let known = htpasswd.as_ref().map(|h| move |user: &str| h.contains(user));
     let options = LintOptions {
-        token_mode: args.token_mode,
+        token_mode,
         known_users: known.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
     };
     let warnings = lint(&rules, &options);

@@ -6,6 +6,7 @@
 //! HTTP; the service knows nothing of pest.
 
 pub mod cli;
+pub mod config;
 pub mod csel;
 pub mod decision;
 pub mod diagnostic;

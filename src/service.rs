@@ -66,6 +66,9 @@ pub struct TokenConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `--config`: the file and what it said at start, to tell on SIGHUP
+    /// which of its changes need a restart.
+    pub config_file: Option<(PathBuf, crate::config::ConfigFile)>,
     pub rules: PathBuf,
     pub htpasswd: Option<PathBuf>,
     pub listen: Listen,
@@ -822,10 +825,14 @@ async fn serve(config: Config) -> Result<(), String> {
     // Its own task, so a reload is never held up by the accept loop (which
     // waits for a free connection slot when all are taken).
     let reload_store = Arc::clone(app.store());
+    let config_file = config.config_file.clone();
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             crate::reload::reload_now(&reload_store);
+            if let Some((path, at_start)) = &config_file {
+                warn_about_config_changes(path, at_start);
+            }
         }
     });
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
@@ -903,6 +910,24 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The config file's settings are read once, at start: on SIGHUP, say which
+/// changes wait for a restart rather than applying half of them.
+fn warn_about_config_changes(path: &std::path::Path, at_start: &crate::config::ConfigFile) {
+    match crate::config::ConfigFile::load(path) {
+        Err(e) => tracing::warn!("SIGHUP: {e}; the settings from the start stay in force"),
+        Ok(now) => {
+            let changed = at_start.changed_keys(&now);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    config = %path.display(),
+                    changed = %changed.join(", "),
+                    "SIGHUP: the config file changed; these settings take effect at the next restart"
+                );
+            }
+        }
+    }
 }
 
 enum Listener {

@@ -338,3 +338,57 @@ fn explain_and_the_service_agree() {
         disagreements.join("\n")
     );
 }
+
+#[test]
+fn a_config_file_with_an_unknown_key_stops_serve_and_fails_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("csel-auth.toml");
+    std::fs::write(
+        &config,
+        "rules = \"examples/registry.rules\"\n\n[token]\nrealm = \"https://r.example/token\"\nkeyfile = \"k\"\n",
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    for args in [vec!["serve", "--config", &config], vec!["check", "--config", &config]] {
+        let o = csel_auth(&args);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        let out = text(&o);
+        assert!(out.contains("csel-auth.toml"), "{args:?} names the file: {out}");
+        assert!(out.contains("line 5, column 1"), "{args:?} names the line: {out}");
+        assert!(out.contains("unknown field `keyfile`"), "{args:?}: {out}");
+        assert!(out.contains("key_file"), "{args:?} lists the expected keys: {out}");
+    }
+}
+
+#[test]
+fn the_example_config_checks() {
+    let o = csel_auth(&["check", "--config", "examples/csel-auth.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("registry.rules: ok:"), "{}", text(&o));
+}
+
+#[test]
+fn check_with_a_config_checks_the_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = std::fs::canonicalize("examples").unwrap();
+    let config = dir.path().join("csel-auth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules = \"{}/registry.rules\"\nhtpasswd = \"{}/users.htpasswd\"\n",
+            examples.display(),
+            examples.display()
+        ),
+    )
+    .unwrap();
+    let o = csel_auth(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("registry.rules: ok:"), "{}", text(&o));
+
+    // The rules it names are checked: a broken one fails.
+    std::fs::write(dir.path().join("broken.rules"), "grant pull on nothing to anonymous\n").unwrap();
+    std::fs::write(&config, "rules = \"broken.rules\"\n").unwrap();
+    let o = csel_auth(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("broken.rules:1:15"), "{}", text(&o));
+}

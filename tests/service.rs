@@ -772,3 +772,59 @@ fn metrics_cover_decisions_reloads_logins_and_latency() {
         .unwrap_or_default()
         .starts_with("text/plain"));
 }
+
+#[test]
+fn serve_takes_its_settings_from_a_config_file_and_flags_win() {
+    let setup = Setup::new(RULES);
+    let config = setup.path("csel-auth.toml");
+    // Relative paths follow the config file; `listen` here is overridden by
+    // the harness's `--listen`, so the service answering proves flags win.
+    write(
+        &config,
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nlisten = \"127.0.0.1:1\"\nrealm = \"from-the-config\"\n\n[log]\nfilter = \"info\"\n",
+    );
+    let service = setup.config_file(config).alone().start();
+    assert_status(&service.auth("GET", LIBRARY, None), 200, "anonymous pull of library");
+    let anonymous = service.auth("GET", COOLTEAM, None);
+    assert_status(&anonymous, 401, "anonymous on coolteam");
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"from-the-config\", charset=\"UTF-8\""),
+        "the realm comes from the config file"
+    );
+    let alice = password("alice");
+    assert_status(
+        &service.auth("PUT", COOLTEAM, Some(("alice", &alice))),
+        200,
+        "the htpasswd named in the config",
+    );
+}
+
+#[test]
+fn sighup_says_which_config_changes_need_a_restart() {
+    let setup = Setup::new(RULES);
+    let config = setup.path("csel-auth.toml");
+    write(
+        &config,
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nrealm = \"one\"\n",
+    );
+    let service = setup
+        .config_file(config.clone())
+        .arg("--reload-interval")
+        .arg("3600")
+        .alone()
+        .start();
+    write(
+        &config,
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nrealm = \"two\"\n",
+    );
+    service.signal(SIGHUP);
+    let line = service.wait_for_log("take effect at the next restart", RELOAD_DEADLINE);
+    assert!(line.contains("realm"), "the changed key is named: {line}");
+    let anonymous = service.auth("GET", COOLTEAM, None);
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"one\", charset=\"UTF-8\""),
+        "the running settings are those from the start"
+    );
+}

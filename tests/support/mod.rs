@@ -192,6 +192,7 @@ pub struct Setup {
     htpasswd: Option<PathBuf>,
     unix_socket: Option<Option<String>>,
     token_key: Option<PathBuf>,
+    config: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     alone: bool,
@@ -225,6 +226,7 @@ impl Setup {
             htpasswd: None,
             unix_socket: None,
             token_key: None,
+            config: None,
             args: Vec::new(),
             env: Vec::new(),
             alone: false,
@@ -255,6 +257,12 @@ impl Setup {
     /// test-registry --token-key <key>`.
     pub fn token_realm(mut self, key: PathBuf) -> Setup {
         self.token_key = Some(key);
+        self
+    }
+
+    /// `serve --config FILE --listen …`: every other setting comes from the file.
+    pub fn config_file(mut self, path: PathBuf) -> Setup {
+        self.config = Some(path);
         self
     }
 
@@ -304,9 +312,14 @@ impl Setup {
             None => Endpoint::Tcp(free_port()),
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_csel-auth"));
-        command.arg("serve").arg("--rules").arg(&self.rules);
-        if let Some(htpasswd) = &self.htpasswd {
-            command.arg("--htpasswd").arg(htpasswd);
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        } else {
+            command.arg("--rules").arg(&self.rules);
+            if let Some(htpasswd) = &self.htpasswd {
+                command.arg("--htpasswd").arg(htpasswd);
+            }
         }
         match &endpoint {
             Endpoint::Tcp(addr) => command.arg("--listen").arg(addr.to_string()),

@@ -1,0 +1,298 @@
+//! `serve --config FILE`: the service's settings as TOML.
+//!
+//! Every `serve` flag has a key; a flag given on the command line wins over
+//! the file, and the file wins over the built-in default. Unknown keys are
+//! errors (with line and column), so a typo never silently keeps a default.
+//! Relative paths in the file are resolved against the file's directory, so
+//! a config and the files it names can move together. Secrets are never
+//! written inline: keys that hold one name a file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The largest config file read: settings, not data.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The config file as written; every key optional.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub rules: Option<PathBuf>,
+    pub htpasswd: Option<PathBuf>,
+    pub listen: Option<String>,
+    /// Octal, as a string (`"660"`): TOML has no octal integers with a leading 0.
+    pub socket_mode: Option<String>,
+    pub format: Option<String>,
+    pub realm: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub reload_interval: Option<Duration>,
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub logins: LoginSection,
+    pub token: Option<TokenSection>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `error`, `warn`, `info`, `debug`, or a tracing filter.
+    pub filter: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginSection {
+    pub bcrypt_concurrency: Option<usize>,
+    pub cache: Option<usize>,
+}
+
+/// `[token]`: present means the token realm is served.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    pub realm: String,
+    pub service: Option<String>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    pub refresh_tokens: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub refresh_ttl: Option<Duration>,
+}
+
+/// Durations are written as `90s`, `5m`, `1h 30m`, `7d`.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration such as 90s, 5m or 1h ({e})")))
+}
+
+/// Why a config file could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read { file: PathBuf, reason: String },
+    TooLarge { file: PathBuf },
+    Syntax { file: PathBuf, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { file, reason } => write!(f, "cannot read the config file {}: {reason}", file.display()),
+            ConfigError::TooLarge { file } => write!(
+                f,
+                "the config file {} is larger than {MAX_CONFIG_BYTES} bytes: is it the right file?",
+                file.display()
+            ),
+            // toml's message already holds the line, the column, the text and a caret.
+            ConfigError::Syntax { file, message } => {
+                write!(f, "in the config file {}: {}", file.display(), message.trim_end())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigFile {
+    /// Reads and parses `path`, resolving relative paths in it against its directory.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let read_error = |e: std::io::Error| ConfigError::Read {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(ConfigError::Read {
+                file: path.to_path_buf(),
+                reason: "not a regular file".into(),
+            });
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                file: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let mut config = ConfigFile::parse(&text).map_err(|message| ConfigError::Syntax {
+            file: path.to_path_buf(),
+            message,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error is toml's message, with line, column and a caret.
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.rules.as_mut().map(resolve);
+        self.htpasswd.as_mut().map(resolve);
+        if let Some(token) = &mut self.token {
+            token.key_file.as_mut().map(resolve);
+        }
+        if let Some(listen) = &mut self.listen {
+            if let Some(socket) = listen.strip_prefix("unix:") {
+                if Path::new(socket).is_relative() && !socket.is_empty() {
+                    *listen = format!("unix:{}", base.join(socket).display());
+                }
+            }
+        }
+    }
+
+    /// The keys whose values differ between two versions of the file: all
+    /// of them need a restart to take effect (the rules and htpasswd files
+    /// they name are reloaded on their own).
+    pub fn changed_keys(&self, other: &ConfigFile) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut differs = |key: &'static str, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        differs("rules", self.rules == other.rules);
+        differs("htpasswd", self.htpasswd == other.htpasswd);
+        differs("listen", self.listen == other.listen);
+        differs("socket_mode", self.socket_mode == other.socket_mode);
+        differs("format", self.format == other.format);
+        differs("realm", self.realm == other.realm);
+        differs("reload_interval", self.reload_interval == other.reload_interval);
+        differs("max_connections", self.max_connections == other.max_connections);
+        differs("[log]", self.log == other.log);
+        differs("[logins]", self.logins == other.logins);
+        differs("[token]", self.token == other.token);
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let config = ConfigFile::parse(
+            r#"
+rules = "registry.rules"
+htpasswd = "/etc/csel-auth/users.htpasswd"
+listen = "unix:/run/csel-auth/csel-auth.sock"
+socket_mode = "660"
+format = "docker"
+realm = "registry"
+reload_interval = "2s"
+max_connections = 1024
+
+[log]
+filter = "warn"
+format = "json"
+
+[logins]
+bcrypt_concurrency = 4
+cache = 5000
+
+[token]
+realm = "https://registry.example.com/token"
+service = "registry.example.com"
+key_file = "/var/lib/csel-auth/token.key"
+ttl = "5m"
+refresh_tokens = true
+refresh_ttl = "1d"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.reload_interval, Some(Duration::from_secs(2)));
+        assert_eq!(config.logins.cache, Some(5000));
+        let token = config.token.unwrap();
+        assert_eq!(token.ttl, Some(Duration::from_secs(300)));
+        assert_eq!(token.refresh_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(token.refresh_tokens, Some(true));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let error = ConfigFile::parse("rules = \"r\"\n\n[token]\nrealm = \"x\"\nkey = \"k\"\n").unwrap_err();
+        assert!(error.contains("line 5, column 1"), "{error}");
+        assert!(error.contains("unknown field `key`"), "{error}");
+        assert!(error.contains("key_file"), "the expected keys are listed: {error}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let error = ConfigFile::parse("rule = \"r\"\n").unwrap_err();
+        assert!(error.contains("unknown field `rule`"), "{error}");
+        assert!(error.contains("line 1, column 1"), "{error}");
+    }
+
+    #[test]
+    fn bad_duration_says_what_is_expected() {
+        let error = ConfigFile::parse("reload_interval = \"soon\"\n").unwrap_err();
+        assert!(error.contains("`soon` is not a duration"), "{error}");
+        assert!(error.contains("line 1"), "{error}");
+        let error = ConfigFile::parse("reload_interval = 2\n").unwrap_err();
+        assert!(error.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn token_section_needs_a_realm() {
+        let error = ConfigFile::parse("[token]\nservice = \"s\"\n").unwrap_err();
+        assert!(error.contains("missing field `realm`"), "{error}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csel-auth.toml");
+        std::fs::write(
+            &path,
+            "rules = \"registry.rules\"\nhtpasswd = \"/abs/users\"\nlisten = \"unix:run/s.sock\"\n[token]\nrealm = \"r\"\nkey_file = \"token.key\"\n",
+        )
+        .unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert_eq!(config.rules, Some(dir.path().join("registry.rules")));
+        assert_eq!(config.htpasswd, Some(PathBuf::from("/abs/users")));
+        assert_eq!(config.token.unwrap().key_file, Some(dir.path().join("token.key")));
+        assert_eq!(
+            config.listen,
+            Some(format!("unix:{}", dir.path().join("run/s.sock").display()))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = [1]\n").unwrap();
+        let error = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(error.contains("c.toml"), "{error}");
+        assert!(error.contains("line 1"), "{error}");
+        let missing = ConfigFile::load(&dir.path().join("none.toml")).unwrap_err().to_string();
+        assert!(missing.contains("none.toml"), "{missing}");
+    }
+
+    #[test]
+    fn changed_keys_lists_what_needs_a_restart() {
+        let a = ConfigFile::parse("rules = \"a\"\n[log]\nfilter = \"info\"\n").unwrap();
+        let b = ConfigFile::parse("rules = \"a\"\n[log]\nfilter = \"warn\"\n").unwrap();
+        assert_eq!(a.changed_keys(&b), vec!["[log]"]);
+        assert!(a.changed_keys(&a.clone()).is_empty());
+    }
+}
