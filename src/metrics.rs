@@ -64,6 +64,8 @@ pub struct FileMetrics {
     pub version: AtomicU64,
     /// Unix time the version in force was loaded.
     pub loaded_at: AtomicU64,
+    /// 1 while a writer has the file open: its changes are not read until it closes it.
+    pub waiting_for_writer: AtomicU64,
 }
 
 #[derive(Default)]
@@ -165,6 +167,11 @@ impl Metrics {
                 "Unix time the version in force was loaded.",
                 "gauge",
             ),
+            (
+                "reload_waiting_for_writer",
+                "1 while a writer has the file open: its changes are read once the writer closes it.",
+                "gauge",
+            ),
         ] {
             let _ = writeln!(out, "# HELP csel_auth_{name} {help}");
             let _ = writeln!(out, "# TYPE csel_auth_{name} {kind}");
@@ -193,6 +200,13 @@ impl Metrics {
                             out,
                             "csel_auth_version{{file=\"{file}\"}} {}",
                             f.version.load(Ordering::Relaxed)
+                        );
+                    }
+                    "reload_waiting_for_writer" => {
+                        let _ = writeln!(
+                            out,
+                            "csel_auth_reload_waiting_for_writer{{file=\"{file}\"}} {}",
+                            f.waiting_for_writer.load(Ordering::Relaxed)
                         );
                     }
                     _ => {

@@ -5,12 +5,18 @@
 //! Changes are noticed three ways, so none is missed: a `notify` watcher on
 //! the files' directories (editors' write-and-rename, `git checkout`,
 //! Kubernetes' symlink swap all show up there), SIGHUP, and a periodic check.
-//! A file being written is read only once its writer has closed it (or after
-//! [`WRITER_WAIT`]), and parsed only once its content has stopped changing, so
-//! a half-written file is not taken for a new version even when its writer is
-//! descheduled half-way; a file that does not load leaves the last good
-//! version in force. Opening and reading a file is not a change: the checks'
-//! own reads do not wake the watcher again.
+//! A file being written is read only once its writer has closed it, however
+//! long that takes, and parsed only once its content has stopped changing, so
+//! a half-written file is not taken for a new version even when its writer
+//! stops half-way; a file that does not load leaves the last good version in
+//! force. Writers are seen through the watcher: a write to a watched file not
+//! yet followed by a close-after-writing (inotify's `IN_MODIFY` and
+//! `IN_CLOSE_WRITE`, which report every process of this kernel, whatever its
+//! user or mount namespace). Writers the kernel does not report (another host
+//! over NFS, a lost event) are not seen: write-and-rename is safe regardless.
+//! A writer that keeps a file open for [`WRITER_WARNING`] is logged once, and
+//! `/metrics` shows which file waits. Opening and reading a file is not a
+//! change: the checks' own reads do not wake the watcher again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,10 +40,9 @@ const SETTLE: Duration = Duration::from_millis(15);
 const SETTLE_ATTEMPTS: usize = 20;
 /// Events arriving this close together are handled once.
 const DEBOUNCE: Duration = Duration::from_millis(5);
-/// How long a writer that keeps a watched file open without writing is waited
-/// for before the file is read anyway (then only the settling guards against
-/// half a file).
-pub const WRITER_WAIT: Duration = Duration::from_secs(2);
+/// How long a writer may keep a watched file open before the wait is logged.
+/// Writers normally close within milliseconds; the wait goes on regardless.
+pub const WRITER_WARNING: Duration = Duration::from_secs(5);
 /// Longest wait for a pause in a stream of events before checking anyway.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -56,11 +61,19 @@ pub struct Store {
     /// One check at a time, so an older read can never be stored after a
     /// newer one.
     checking: Mutex<()>,
-    /// Watched files written to and not closed since, with the time of the
-    /// last write (kept up to date by the watcher).
-    writers: Mutex<HashMap<PathBuf, Instant>>,
-    /// Counts writes to watched files: a read that overlapped one is not used.
-    writes: AtomicU64,
+    /// Watched files written to and not closed since (kept up to date by the
+    /// watcher), by the path the events name.
+    writers: Mutex<HashMap<PathBuf, Writer>>,
+    /// Counts writes to each watched file: a read that overlapped one is not used.
+    writes: [AtomicU64; 2],
+}
+
+/// A watched file written to and not closed since.
+struct Writer {
+    which: Watched,
+    since: Instant,
+    /// Whether the wait was logged (once per writer).
+    logged: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -124,7 +137,7 @@ impl Store {
             seen: Mutex::new([None, None]),
             checking: Mutex::new(()),
             writers: Mutex::new(HashMap::new()),
-            writes: AtomicU64::new(0),
+            writes: [AtomicU64::new(0), AtomicU64::new(0)],
         };
         // Remember what was loaded, so the first check does not reload it.
         // Only when the file did not change while it was being loaded:
@@ -167,28 +180,46 @@ impl Store {
     }
 
     /// Reloads whichever file changed. `Check::Forced` reparses even
-    /// unchanged files (SIGHUP).
+    /// unchanged files (SIGHUP). A file open for writing is left alone: its
+    /// writer's close brings the next check.
     pub fn check(&self, how: Check) {
         let _one_at_a_time = self.checking.lock();
         let to_read: Vec<(Watched, &Path)> = [Watched::Rules, Watched::Htpasswd]
             .into_iter()
             .filter_map(|which| Some((which, self.path(which)?)))
             .filter(|(which, path)| how != Check::Periodic || self.may_have_changed(*which, path))
+            .filter(|(which, path)| {
+                let written = self.being_written(*which);
+                if written && how == Check::Forced {
+                    tracing::warn!(
+                        file = %path.display(),
+                        kind = which.label(),
+                        "not reloaded: a writer has the file open; it is read when the writer closes it"
+                    );
+                }
+                !written
+            })
             .collect();
         // Both files settle together: a change to one is not held up by the
         // other's wait.
         let paths: Vec<&Path> = to_read.iter().map(|(_, path)| *path).collect();
-        let writes_before = self.writes.load(Ordering::SeqCst);
+        let writes_before: Vec<u64> = to_read.iter().map(|(which, _)| self.write_count(*which)).collect();
         let contents = read_settled(&paths);
-        if self.writes.load(Ordering::SeqCst) != writes_before || self.writers_done_at().is_some() {
-            // What was read may be half a file; the writer's close (or its
-            // silence for WRITER_WAIT) brings the next check.
-            tracing::debug!("a watched file is being written: its reload waits for the writer");
-            return;
-        }
-        for ((which, path), content) in to_read.iter().zip(contents) {
+        for (((which, path), content), before) in to_read.iter().zip(contents).zip(writes_before) {
+            if self.write_count(*which) != before || self.being_written(*which) {
+                // What was read may be half a file.
+                tracing::debug!(
+                    kind = which.label(),
+                    "the file is being written: its reload waits for the writer"
+                );
+                continue;
+            }
             self.apply(*which, path, how, content);
         }
+    }
+
+    fn write_count(&self, which: Watched) -> u64 {
+        self.writes[which as usize].load(Ordering::SeqCst)
     }
 
     /// Only the periodic check trusts metadata: an in-place rewrite of the
@@ -391,19 +422,68 @@ fn read_settled(paths: &[&Path]) -> Vec<Result<Settled, String>> {
 }
 
 impl Store {
-    /// Whether `path` is, or resolves to, one of the watched files.
-    fn is_watched_file(&self, path: &Path) -> bool {
-        let Ok(real) = std::fs::canonicalize(path) else {
-            return false;
-        };
-        [Some(self.rules_path.as_path()), self.htpasswd_path.as_deref()]
-            .into_iter()
-            .flatten()
-            .any(|p| std::fs::canonicalize(p).is_ok_and(|r| r == real))
+    /// Which watched file `path` is, or resolves to.
+    fn watched_file(&self, path: &Path) -> Option<Watched> {
+        let real = std::fs::canonicalize(path).ok()?;
+        [Watched::Rules, Watched::Htpasswd].into_iter().find(|which| {
+            self.path(*which)
+                .is_some_and(|p| std::fs::canonicalize(p).is_ok_and(|r| r == real))
+        })
     }
 
-    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Instant>> {
+    fn writers(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Writer>> {
         self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a writer has `which` open (written to and not closed since).
+    fn being_written(&self, which: Watched) -> bool {
+        self.writers().values().any(|w| w.which == which)
+    }
+
+    /// Forgets the writers of `paths` (they closed the file, or the name now
+    /// holds another file); true if there were any.
+    fn writers_gone(&self, paths: &[PathBuf]) -> bool {
+        let mut writers = self.writers();
+        let before = writers.len();
+        writers.retain(|p, _| !paths.contains(p));
+        let gone = writers.len() != before;
+        self.show_writers(&writers);
+        gone
+    }
+
+    /// `/metrics`: which files wait for a writer.
+    fn show_writers(&self, writers: &HashMap<PathBuf, Writer>) {
+        for which in [Watched::Rules, Watched::Htpasswd] {
+            let waiting = writers.values().any(|w| w.which == which);
+            self.metrics
+                .file(which)
+                .waiting_for_writer
+                .store(u64::from(waiting), Ordering::Relaxed);
+        }
+    }
+
+    /// Logs, once per writer, the files whose writer has kept them open for
+    /// [`WRITER_WARNING`]; returns how long until the next one is due.
+    fn log_long_writers(&self) -> Option<Duration> {
+        let mut writers = self.writers();
+        let mut next = None::<Duration>;
+        for (path, writer) in writers.iter_mut().filter(|(_, w)| !w.logged) {
+            let open_for = writer.since.elapsed();
+            if open_for >= WRITER_WARNING {
+                writer.logged = true;
+                tracing::warn!(
+                    file = %path.display(),
+                    kind = writer.which.label(),
+                    "the file waits for its writer to close it (open for writing for {} s); the previous \
+                     version stays in force until then",
+                    open_for.as_secs()
+                );
+            } else {
+                let due = WRITER_WARNING - open_for;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        next
     }
 
     /// Records what a file event means; false when it cannot change a
@@ -416,59 +496,74 @@ impl Store {
         };
         match event.kind {
             EventKind::Modify(ModifyKind::Data(_)) => {
-                let written: Vec<PathBuf> = event.paths.into_iter().filter(|p| self.is_watched_file(p)).collect();
+                let written: Vec<(PathBuf, Watched)> = event
+                    .paths
+                    .into_iter()
+                    .filter_map(|p| {
+                        let which = self.watched_file(&p)?;
+                        Some((p, which))
+                    })
+                    .collect();
                 if written.is_empty() {
                     return false;
                 }
-                self.writes.fetch_add(1, Ordering::SeqCst);
                 let now = Instant::now();
-                self.writers().extend(written.into_iter().map(|p| (p, now)));
+                let mut writers = self.writers();
+                for (path, which) in written {
+                    self.writes[which as usize].fetch_add(1, Ordering::SeqCst);
+                    writers.entry(path).or_insert(Writer {
+                        which,
+                        since: now,
+                        logged: false,
+                    });
+                }
+                self.show_writers(&writers);
                 true
             }
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                let mut writers = self.writers();
-                let before = writers.len();
-                writers.retain(|p, _| !event.paths.contains(p));
-                writers.len() != before
-            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => self.writers_gone(&event.paths),
             EventKind::Access(_) => false,
-            // Created, renamed, removed, permissions changed: whatever was
-            // being written under that name is gone or complete.
+            // Permissions, owner or times changed (`chmod`, `chown`): a writer may
+            // still be half-way, so it is not forgotten.
+            EventKind::Modify(ModifyKind::Metadata(_)) => true,
+            // Created, renamed, removed: whatever was being written under
+            // that name is gone or complete.
             _ => {
-                self.writers().retain(|p, _| !event.paths.contains(p));
+                self.writers_gone(&event.paths);
                 true
             }
         }
     }
 
-    /// When the writers of watched files will be taken as done, if any is
-    /// still writing: `WRITER_WAIT` after its last write.
-    fn writers_done_at(&self) -> Option<Instant> {
-        let last_write = self.writers().values().max().copied()?;
-        Some(last_write + WRITER_WAIT).filter(|at| *at > Instant::now())
-    }
-
-    /// After a first event: waits until events pause for `DEBOUNCE` (at most
-    /// `MAX_DEBOUNCE`) and no writer holds a watched file open (at most
-    /// `WRITER_WAIT` after its last write). False when the watcher is gone.
-    fn wait_for_writers(&self, wake: &Receiver<()>) -> bool {
-        let started = Instant::now();
+    /// Waits for the next event; while a writer keeps a watched file open,
+    /// wakes up to log it once it has for [`WRITER_WARNING`]. False when the
+    /// watcher is gone.
+    fn wait_for_event(&self, wake: &Receiver<()>) -> bool {
         loop {
-            let wait = match self.writers_done_at() {
-                Some(done) => done.saturating_duration_since(Instant::now()),
-                None if started.elapsed() >= MAX_DEBOUNCE => {
-                    while wake.try_recv().is_ok() {}
-                    return true;
-                }
-                None => DEBOUNCE,
+            let received = match self.log_long_writers() {
+                Some(due) => wake.recv_timeout(due),
+                None => wake.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
-            match wake.recv_timeout(wait) {
-                Ok(()) => {}
-                Err(RecvTimeoutError::Timeout) if self.writers_done_at().is_none() => return true,
+            match received {
+                Ok(()) => return true,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
         }
+    }
+
+    /// After a first event: waits until events pause for `DEBOUNCE` (at most
+    /// `MAX_DEBOUNCE`). False when the watcher is gone.
+    fn debounce(&self, wake: &Receiver<()>) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < MAX_DEBOUNCE {
+            match wake.recv_timeout(DEBOUNCE) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        while wake.try_recv().is_ok() {}
+        true
     }
 }
 
@@ -501,7 +596,7 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
             };
             loop {
                 resync(&checker);
-                if receiver.recv().is_err() || !checker.wait_for_writers(&receiver) {
+                if !checker.wait_for_event(&receiver) || !checker.debounce(&receiver) {
                     break;
                 }
                 // A symlink may point elsewhere now: watch there before

@@ -3,18 +3,17 @@
 //!
 //! One test, one dockerd (shared by four registry stacks): every scenario is
 //! a sequence of named steps, and a failure names its step and shows the
-//! client's output. docker 20.10 retries a push refused with 403 for ~50 s,
-//! so the refused `docker push`es run in background threads while the other
-//! scenarios go on; further push refusals are checked with skopeo, podman
-//! or raw HTTP (tests/e2e_skopeo_podman.rs, tests/e2e_paths.rs), which give
-//! up at once.
+//! client's output. A refused `docker push` must end at once, in both modes
+//! (docker retries an upload refused with an error it does not take as final
+//! for ~50 s); further push refusals are checked with skopeo, podman or raw
+//! HTTP (tests/e2e_skopeo_podman.rs, tests/e2e_paths.rs).
 
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/stack.rs"]
 mod stack;
 
-use std::thread;
+use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use harness::*;
@@ -24,8 +23,23 @@ use stack::*;
 /// `error="insufficient_scope"` maps to).
 const DENIED: &str = "denied: requested access to the resource is denied";
 
-/// `docker pull` of `repository` refused with `insufficient_scope` (docker's
-/// `notFoundError`).
+/// How long a refused push may take. It is one or two round trips on
+/// loopback; docker retrying the refused upload (five attempts, 5 to 20 s
+/// apart) takes ~50 s. Generous for a busy 2-core machine.
+const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
+
+/// A refused `docker push`: it failed, at once, with exactly `expected` on stderr.
+fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
+    ensure!(
+        out.duration <= REFUSED_PUSH_BOUND,
+        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: docker retried it\n{out}",
+        out.duration
+    );
+    failed_with_stderr(out, expected)
+}
+
+/// `docker pull` of `repository` refused with `insufficient_scope` or with a
+/// 403 (docker's `notFoundError`).
 fn pull_access_denied(stack: &Stack, repository: &str) -> String {
     format!(
         "Error response from daemon: pull access denied for {}, repository does not exist or may \
@@ -38,17 +52,15 @@ fn pull_access_denied(stack: &Stack, repository: &str) -> String {
 /// anonymous client (`anonymous`) or to a logged-in one.
 fn pull_refused(stack: &Stack, repository: &str, anonymous: bool) -> String {
     match (stack.mode, anonymous) {
-        (Mode::Token, _) => pull_access_denied(stack, repository),
         (Mode::Basic, true) => no_basic_auth_credentials(stack, repository, "1"),
-        (Mode::Basic, false) => "Error response from daemon: denied".to_string(),
+        _ => pull_access_denied(stack, repository),
     }
 }
 
 /// The status csel-auth refuses a request with (through nginx): 401 to
 /// anonymous clients; to logged-in ones 403 in basic mode, and in token mode
 /// 401 with `error="insufficient_scope"` in the Bearer challenge, which
-/// docker reports as "denied" at once (a 403 makes docker retry a push for
-/// ~50 s and print only "denied").
+/// docker reports as "denied".
 fn refusal_status(stack: &Stack, anonymous: bool) -> u16 {
     match (stack.mode, anonymous) {
         (Mode::Basic, false) => 403,
@@ -108,46 +120,27 @@ fn docker_cli_end_to_end() -> Result<()> {
     // flag names one of them anyway.
     let dockerd = step("start dockerd", || Dockerd::start(token_000.nginx.addr()))?;
 
-    // The denied pushes start first and run in the background: in basic mode
-    // docker retries a push refused with 403 for ~50 s.
-    let denied_pushes = [
-        DeniedPush::prepare(&dockerd, &token_000, "carol", "coolteam/app", "carol")?,
-        DeniedPush::prepare(&dockerd, &basic_000, "carol", "coolteam/app", "carol")?,
-        DeniedPush::prepare(&dockerd, &token_002, "dave", "team/app", "dave")?,
-    ];
-
-    thread::scope(|scope| -> Result<()> {
-        let running: Vec<_> = denied_pushes
-            .iter()
-            .map(|push| scope.spawn(|| push.client.run(&["push", &push.image])))
-            .collect();
-
-        let scenarios = || -> Result<()> {
-            for stack in [&token_000, &basic_000] {
-                seed_000(&dockerd, stack)?;
-                personal_namespace_and_refused_mount(&dockerd, stack)?;
-                rules_change(&dockerd, stack, &registry_rules)?;
-            }
-            for stack in [&token_002, &basic_002] {
-                seed_002(&dockerd, stack)?;
-            }
-            Ok(())
-        };
-        let scenarios = scenarios();
-
-        let outputs: Vec<_> = running
-            .into_iter()
-            .map(|handle| handle.join().map_err(|_| anyhow!("a push thread panicked"))?)
-            .collect();
-        scenarios?;
-        for (push, output) in denied_pushes.iter().zip(outputs) {
-            push.check(output)?;
-        }
-        Ok(())
-    })
+    for (stack, user, repository) in [
+        (&token_000, "carol", "coolteam/app"),
+        (&basic_000, "carol", "coolteam/app"),
+        (&token_002, "dave", "team/app"),
+        (&basic_002, "dave", "team/app"),
+    ] {
+        DeniedPush::prepare(&dockerd, stack, user, repository, user)?.check()?;
+    }
+    for stack in [&token_000, &basic_000] {
+        seed_000(&dockerd, stack)?;
+        personal_namespace_and_refused_mount(&dockerd, stack)?;
+        rules_change(&dockerd, stack, &registry_rules)?;
+    }
+    for stack in [&token_002, &basic_002] {
+        seed_002(&dockerd, stack)?;
+    }
+    Ok(())
 }
 
-/// A `docker push` that csel-auth refuses, run in the background.
+/// A `docker push` that csel-auth refuses (the upload is refused: the user
+/// may read the repository, or not even that).
 struct DeniedPush<'a> {
     stack: &'a Stack,
     user: &'static str,
@@ -180,19 +173,15 @@ impl<'a> DeniedPush<'a> {
         })
     }
 
-    /// docker prints only the error of the last attempt: in token mode the
-    /// `insufficient_scope` challenge ends the push at once with the full
-    /// text; a 403 (basic mode) is retried for ~50 s and ends with the code.
-    fn check(&self, output: Result<CmdOutput>) -> Result<()> {
+    /// In token mode docker takes the `insufficient_scope` challenge as
+    /// `denied`, in basic mode the 403's JSON body (which must be one docker
+    /// does not retry); both end the push at once with the same text.
+    fn check(&self) -> Result<()> {
         let mode = self.stack.mode;
         step(
             &format!("[{mode}] {} cannot docker push to {}", self.user, self.repository),
             || {
-                let expected = match mode {
-                    Mode::Token => DENIED,
-                    Mode::Basic => "denied",
-                };
-                failed_with_stderr(output?, expected)?;
+                push_refused(self.client.run(&["push", &self.image])?, DENIED)?;
                 ensure!(
                     !self.stack.registry_has_manifest(self.repository, self.tag)?,
                     "the refused push left a manifest"
@@ -261,7 +250,7 @@ fn seed_000(dockerd: &Dockerd, stack: &Stack) -> Result<()> {
             };
             let image = stack.image("library/alpine:anonymous");
             dockerd.import_tiny_image(&image, &format!("anonymous push ({mode})\n"))?;
-            failed_with_stderr(anonymous.run(&["push", &image])?, &expected)?;
+            push_refused(anonymous.run(&["push", &image])?, &expected)?;
             ensure!(!stack.registry_has_manifest("library/alpine", "anonymous")?);
             Ok(())
         },
@@ -334,7 +323,7 @@ fn personal_namespace_and_refused_mount(dockerd: &Dockerd, stack: &Stack) -> Res
         succeeded_with(carol.run(&["push", &carols])?, "1: digest: sha256:")
     })?;
     step(&format!("[{mode} 000] alice cannot push to carol's namespace"), || {
-        // A denied docker push retries for ~50 s: ask with raw HTTP.
+        // The refusal status itself, with raw HTTP.
         let authorization = stack.authorization(Some("alice"))?;
         let response = stack.request(authorization.as_deref(), "POST", "/v2/carol/x/blobs/uploads/", &[], b"")?;
         ensure!(
@@ -432,7 +421,7 @@ fn rules_change(dockerd: &Dockerd, stack: &Stack, original: &str) -> Result<()> 
 }
 
 /// examples/readonly-admins.rules: admin-* users push, other users pull
-/// only (dave's refused push runs in the background), anonymous nothing.
+/// only (dave's refused push is checked first), anonymous nothing.
 fn seed_002(dockerd: &Dockerd, stack: &Stack) -> Result<()> {
     let mode = stack.mode;
     let image = stack.image("team/app:1");

@@ -2,8 +2,7 @@
 //! distribution registry, in basic and in token mode (one test per mode,
 //! each a sequence of named steps; the two run in parallel).
 //!
-//! skopeo and podman give up on a refused push at once, so every push
-//! denial that docker would retry for ~50 s is checked here.
+//! A refused push must end at once: every push refusal here is also timed.
 
 #[path = "e2e/harness.rs"]
 mod harness;
@@ -11,6 +10,7 @@ mod harness;
 mod stack;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use harness::*;
@@ -98,7 +98,26 @@ fn skopeo_quoted(text: &str) -> String {
     text.replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// How long a refused push may take: a few round trips on loopback. A
+/// client retrying the refused upload takes tens of seconds. Generous for a
+/// busy 2-core machine.
+const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
+
+/// A refused push: it failed, at once, and its output contains `expected`.
+fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
+    ensure!(
+        out.duration <= REFUSED_PUSH_BOUND,
+        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: the client retried it\n{out}",
+        out.duration
+    );
+    failed_with(out, expected)
+}
+
 const TOKEN_DENIED: &str = "errors:\ndenied: requested access to the resource is denied\n";
+
+/// A logged-in user refused in basic mode: nginx's 403 body. Its non-null
+/// `detail` makes the clients print the message with the code.
+const BASIC_DENIED: &str = "denied: requested access to the resource is denied";
 
 impl Expected<'_> {
     /// A refused pull of `name` (`repository:tag`).
@@ -107,7 +126,7 @@ impl Expected<'_> {
         let host = self.stack.host();
         let cause = match (self.stack.mode, anonymous) {
             (Mode::Basic, true) => "unauthorized".to_string(),
-            (Mode::Basic, false) => "denied".to_string(),
+            (Mode::Basic, false) => BASIC_DENIED.to_string(),
             (Mode::Token, _) => format!("{TOKEN_DENIED}unauthorized"),
         };
         format!("initializing source docker://{host}/{name}: reading manifest {tag} in {host}/{repository}: {cause}")
@@ -119,7 +138,7 @@ impl Expected<'_> {
         let host = self.stack.host();
         let cause = match (self.stack.mode, anonymous) {
             (Mode::Basic, true) => "unauthorized".to_string(),
-            (Mode::Basic, false) => "denied".to_string(),
+            (Mode::Basic, false) => BASIC_DENIED.to_string(),
             (Mode::Token, _) => format!("{TOKEN_DENIED}unauthorized"),
         };
         format!("writing blob: initiating layer upload to /v2/{repository}/blobs/uploads/ in {host}: {cause}")
@@ -214,7 +233,7 @@ fn seed_000(stack: &Stack) -> Result<()> {
     step(
         &format!("[{mode} 000] anonymous skopeo push to library/alpine is refused"),
         || {
-            failed_with(
+            push_refused(
                 anonymous.skopeo_push("library/alpine:anonymous", "anonymous push\n")?,
                 &skopeo_quoted(&expect.upload_refused("library/alpine", true)),
             )
@@ -310,7 +329,7 @@ fn seed_000(stack: &Stack) -> Result<()> {
     step(
         &format!("[{mode} 000] carol cannot push to coolteam/app with skopeo"),
         || {
-            failed_with(
+            push_refused(
                 carol.skopeo_push("coolteam/app:carol", "carol's push to coolteam\n")?,
                 &skopeo_quoted(&expect.blob_check_refused("coolteam/app")),
             )
@@ -319,7 +338,7 @@ fn seed_000(stack: &Stack) -> Result<()> {
     step(
         &format!("[{mode} 000] carol cannot push to coolteam/app with podman"),
         || {
-            failed_with(
+            push_refused(
                 carol.podman_push("coolteam/app:carol-podman", "carol's podman push to coolteam\n")?,
                 &expect.blob_check_refused("coolteam/app"),
             )
@@ -350,7 +369,7 @@ fn seed_000(stack: &Stack) -> Result<()> {
         )
     })?;
     step(&format!("[{mode} 000] carol cannot push to alice's namespace"), || {
-        failed_with(
+        push_refused(
             carol.skopeo_push("alice/tools:1", "carol in alice's namespace\n")?,
             &skopeo_quoted(&expect.blob_check_refused("alice/tools")),
         )
@@ -421,13 +440,13 @@ fn seed_002(stack: &Stack) -> Result<()> {
         succeeded(dave.podman_pull("team/tool:1")?)
     })?;
     step(&format!("[{mode} 002] dave cannot push with skopeo"), || {
-        failed_with(
+        push_refused(
             dave.skopeo_push("team/app:dave", "dave's push\n")?,
             &skopeo_quoted(&expect.upload_refused("team/app", false)),
         )
     })?;
     step(&format!("[{mode} 002] dave cannot push with podman"), || {
-        failed_with(
+        push_refused(
             dave.podman_push("team/app:dave-podman", "dave's podman push\n")?,
             &expect.upload_refused("team/app", false),
         )

@@ -301,7 +301,7 @@ proptest! {
 /// selector cut short is used by no grant of the prefix, because the examples define selectors
 /// before granting them. So no prefix lets anyone do what the whole file would not; this holds
 /// for files written in that order only, which is why the reload never reads a file while its
-/// writer has it open (`reload::a_stalled_writer_never_puts_half_a_file_in_force`).
+/// writer has it open (`reload::a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force`).
 #[test]
 fn every_prefix_of_the_example_rules_is_safe() {
     for (name, text) in [

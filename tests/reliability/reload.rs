@@ -6,14 +6,15 @@
 //! `decide` says under the version in force before or after the write it overlapped; none may be
 //! a 5xx or a dropped connection, and the version in force at the end is the last valid file.
 //!
-//! Also: a writer stalled half-way never puts the half in force (here the half parses and is
-//! broader than both versions: a fail-open if it were loaded), and an idle service reads nothing
-//! (its own reads of the files must not wake its watcher).
+//! Also: a writer pausing half-way for seconds never puts the half in force (for the rules the
+//! half parses and is broader than both versions: a fail-open if it were loaded; for htpasswd it
+//! drops users), and an idle service reads nothing (its own reads of the files must not wake its
+//! watcher).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -521,11 +522,58 @@ fn reload_under_load_never_answers_wrong_or_fails() {
     assert!(samples.len() as u64 >= min_requests, "only {} requests", samples.len());
 }
 
-/// A writer descheduled half-way (here: holding the file open, half written, for 0.3 s) must not
-/// put the half in force. The half below parses, and it is broader than both the old and the new
-/// version: `team` loses its `and not …secret…` part, so it would let anonymous pull the secret.
+/// How long the writers below hold a file open, half written, without writing: longer than the
+/// 2 s after which the service used to give up waiting and read the file anyway. This is the
+/// scenario (a writer descheduled, stopped, or typing into `cat > file`), not synchronisation.
+const WRITER_PAUSE: Duration = Duration::from_secs(4);
+
+/// What the service logs, once, about a writer that keeps a file open.
+const WRITER_WARNING: &str = "waits for its writer to close it";
+
+/// Truncates `path`, writes `half` and holds the file open for at least [`WRITER_PAUSE`] and until
+/// the service has said that the file waits on its writer (`/metrics` and its log, within a
+/// deadline), calling `probe` all along; then writes `rest` and closes. Returns the probe's
+/// answers and whether the gauge and the warning were seen while the file was open.
+fn write_with_a_long_pause(
+    service: &Service,
+    which: &str,
+    path: &Path,
+    (half, rest): (&str, &str),
+    mut probe: impl FnMut() -> u16,
+) -> (Vec<u16>, bool, bool) {
+    let gauge = format!("csel_auth_reload_waiting_for_writer{{file=\"{which}\"}}");
+    let mut file = File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.write_all(half.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    file.flush().unwrap_or_else(|e| panic!("{e}"));
+    let paused = Instant::now();
+    let deadline = paused + Duration::from_secs(20);
+    let (mut answers, mut gauge_seen, mut warned) = (Vec::new(), false, false);
+    while (paused.elapsed() < WRITER_PAUSE || !(gauge_seen && warned)) && Instant::now() < deadline {
+        answers.push(probe());
+        gauge_seen |= service.metric(&gauge) == 1.0;
+        warned |= warnings(service, path) > 0;
+    }
+    file.write_all(rest.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    drop(file);
+    (answers, gauge_seen, warned)
+}
+
+/// The service's warnings that `path` waits for its writer.
+fn warnings(service: &Service, path: &Path) -> usize {
+    let shown = path.display().to_string();
+    service
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(WRITER_WARNING) && l.contains(&shown))
+        .count()
+}
+
+/// A writer pausing half-way for seconds must not put the half in force. The half below parses,
+/// and it is broader than both the old and the new version: `team` loses its `and not …secret…`
+/// part, so it would let anonymous pull the secret. The periodic check runs every second during
+/// the pause, besides the file events.
 #[test]
-fn a_stalled_writer_never_puts_half_a_file_in_force() {
+fn a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force() {
     let _turn = exclusive();
     let old = "grant pull on (path =^ \"/v2/library/\") to anonymous\n";
     let new = format!(
@@ -546,36 +594,95 @@ fn a_stalled_writer_never_puts_half_a_file_in_force() {
 
     let service = Setup::new(old, &htpasswd(&["alice"], 4))
         .arg("--reload-interval")
-        .arg("3600")
+        .arg("1")
         .start();
+    let rules = service.setup().rules.clone();
     let request = Subrequest::new("GET", secret).bytes();
     let mut connection = service.connect();
-    let mut answers = Vec::new();
-    let mut file = File::create(&service.setup().rules).unwrap_or_else(|e| panic!("{e}"));
-    file.write_all(half.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    file.flush().unwrap_or_else(|e| panic!("{e}"));
-    // The stall, with requests all along.
-    let stalled = Instant::now();
-    while stalled.elapsed() < Duration::from_millis(300) {
-        answers.push(connection.send(&request).map_or(0, |r| r.status));
-    }
-    file.write_all(&new.as_bytes()[cut..]).unwrap_or_else(|e| panic!("{e}"));
-    drop(file);
-    wait_for(Duration::from_secs(5), "the whole file to load", || {
-        (service.metric("csel_auth_version{file=\"rules\"}") == 2.0).then_some(())
+    let (answers, gauge_seen, warned) = write_with_a_long_pause(&service, "rules", &rules, (half, &new[cut..]), || {
+        connection.send(&request).map_or(0, |r| r.status)
     });
     let allowed = answers.iter().filter(|&&s| s == 200).count();
     assert_eq!(
-        (allowed, service.auth(None, "GET", secret)),
-        (0, 401),
-        "the half-written file was in force for {allowed} of {} requests",
+        allowed,
+        0,
+        "the half-written rules were in force for {allowed} of {} requests while the writer paused",
         answers.len()
+    );
+    assert!(
+        answers.iter().all(|&s| s == 401),
+        "answers while the writer paused: {answers:?}"
+    );
+    assert!(
+        gauge_seen,
+        "/metrics never said that the rules file waits for its writer"
+    );
+    assert!(warned, "the log never said that the rules file waits for its writer");
+
+    wait_for(Duration::from_secs(10), "the whole new file to load", || {
+        (service.metric("csel_auth_version{file=\"rules\"}") == 2.0).then_some(())
+    });
+    assert_eq!(
+        service.auth(None, "GET", secret),
+        401,
+        "the new version keeps the secret"
     );
     assert_eq!(
         service.auth(None, "GET", "/v2/team/app/manifests/1"),
         200,
         "the new version is in force"
     );
+    assert_eq!(
+        service.metric("csel_auth_reload_waiting_for_writer{file=\"rules\"}"),
+        0.0,
+        "the writer has closed the file"
+    );
+    assert_eq!(warnings(&service, &rules), 1, "the wait is logged once");
+}
+
+/// The same for the htpasswd file: while its writer pauses with only a new user's line written,
+/// the users of the last good version keep logging in (the half would drop them).
+#[test]
+fn a_writer_pausing_for_seconds_never_puts_half_an_htpasswd_file_in_force() {
+    let _turn = exclusive();
+    let rules = "grant pull on (path =^ \"/v2/library/\") to authenticated\n";
+    let old = htpasswd(&["alice", "bob"], 4);
+    let carol = htpasswd(&["carol"], 4);
+    let service = Setup::new(rules, &old).arg("--reload-interval").arg("1").start();
+    let users = service.setup().htpasswd.clone();
+    let library = "/v2/library/alpine/manifests/1";
+    assert_eq!(service.auth(Some("alice"), "GET", library), 200);
+    assert_eq!(service.auth(Some("carol"), "GET", library), 401);
+
+    let request = Subrequest::new("GET", library).user(Some("alice")).bytes();
+    let mut connection = service.connect();
+    let (answers, gauge_seen, warned) = write_with_a_long_pause(&service, "htpasswd", &users, (&carol, &old), || {
+        connection.send(&request).map_or(0, |r| r.status)
+    });
+    let refused = answers.iter().filter(|&&s| s != 200).count();
+    assert_eq!(
+        refused,
+        0,
+        "the half-written htpasswd was in force for {refused} of {} requests while the writer paused",
+        answers.len()
+    );
+    assert!(
+        gauge_seen,
+        "/metrics never said that the htpasswd file waits for its writer"
+    );
+    assert!(warned, "the log never said that the htpasswd file waits for its writer");
+
+    wait_for(Duration::from_secs(10), "the whole new file to load", || {
+        (service.metric("csel_auth_version{file=\"htpasswd\"}") == 2.0).then_some(())
+    });
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(
+            service.auth(Some(user), "GET", library),
+            200,
+            "{user} in the new version"
+        );
+    }
+    assert_eq!(warnings(&service, &users), 1, "the wait is logged once");
 }
 
 /// Reads of the watched files must not wake the watcher again: an idle service reads nothing.
