@@ -62,8 +62,9 @@ struct ServeArgs {
     /// Service name of the token realm (`service` in challenges, `aud` of tokens).
     #[arg(long, default_value = "csel-auth")]
     token_service: String,
-    /// File with the token signing key; created (mode 0600) if missing.
-    #[arg(long, default_value = "csel-auth.key")]
+    /// File with the token signing key; created (mode 0600) if missing. Must be
+    /// owned by the user csel-auth runs as (or root) and private to it.
+    #[arg(long, default_value = "/var/lib/csel-auth/token.key")]
     token_key: PathBuf,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, default_value_t = 300)]
@@ -71,6 +72,11 @@ struct ServeArgs {
     /// Lifetime of refresh tokens, in seconds.
     #[arg(long, default_value_t = 86_400)]
     refresh_token_ttl: u64,
+    /// Issue refresh tokens to clients that ask (`docker login`). Off by default:
+    /// docker then keeps the refresh token instead of the password, and podman
+    /// and skopeo sharing docker's config.json can no longer log in.
+    #[arg(long)]
+    refresh_tokens: bool,
     /// Seconds between checks of the watched files (besides file events).
     #[arg(long, default_value_t = 2)]
     reload_interval: u64,
@@ -126,6 +132,7 @@ fn serve(args: ServeArgs) -> u8 {
             key_file: args.token_key,
             ttl: std::time::Duration::from_secs(args.token_ttl),
             refresh_ttl: std::time::Duration::from_secs(args.refresh_token_ttl),
+            refresh_tokens: args.refresh_tokens,
         }),
         reload_period: std::time::Duration::from_secs(args.reload_interval.max(1)),
         bcrypt_concurrency: args.bcrypt_concurrency,
