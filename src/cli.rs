@@ -67,7 +67,9 @@ struct ServeArgs {
     /// Service name of the token realm (`service` in challenges, `aud` of tokens) [default: csel-auth]
     #[arg(long)]
     token_service: Option<String>,
-    /// File with the token signing key; created (mode 0600) if missing [default: csel-auth.key]
+    /// File with the token signing key; created (mode 0600) if missing. Must be
+    /// owned by the user csel-auth runs as (or root) and private to it
+    /// [default: /var/lib/csel-auth/token.key]
     #[arg(long)]
     token_key: Option<PathBuf>,
     /// Lifetime of access tokens, in seconds [default: 300]
@@ -76,6 +78,11 @@ struct ServeArgs {
     /// Lifetime of refresh tokens, in seconds [default: 86400]
     #[arg(long)]
     refresh_token_ttl: Option<u64>,
+    /// Issue refresh tokens to clients that ask (`docker login`). Off by default:
+    /// docker then keeps the refresh token instead of the password, and podman
+    /// and skopeo sharing docker's config.json can no longer log in.
+    #[arg(long)]
+    refresh_tokens: bool,
     /// Seconds between checks of the watched files (besides file events) [default: 2]
     #[arg(long)]
     reload_interval: Option<u64>,
@@ -143,7 +150,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
             key_file: args
                 .token_key
                 .or(file_token.key_file)
-                .unwrap_or_else(|| PathBuf::from("csel-auth.key")),
+                .unwrap_or_else(|| PathBuf::from("/var/lib/csel-auth/token.key")),
             ttl: args
                 .token_ttl
                 .map(Duration::from_secs)
@@ -154,6 +161,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
                 .map(Duration::from_secs)
                 .or(file_token.refresh_ttl)
                 .unwrap_or(Duration::from_secs(86_400)),
+            refresh_tokens: args.refresh_tokens || file_token.refresh_tokens.unwrap_or(false),
         }),
     };
     let reload_period = args

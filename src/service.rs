@@ -62,6 +62,8 @@ pub struct TokenConfig {
     pub key_file: PathBuf,
     pub ttl: Duration,
     pub refresh_ttl: Duration,
+    /// Issue refresh tokens to clients that ask (`offline_token=true`).
+    pub refresh_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +87,7 @@ pub struct Config {
 struct TokenRealm {
     key: TokenKey,
     settings: TokenSettings,
+    refresh_tokens: bool,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -96,12 +99,8 @@ pub struct App {
     token: Option<TokenRealm>,
     default_format: String,
     basic_challenge: HeaderValue,
-    /// Access tokens whose signature and claims were verified: token -> (identity, `exp`).
-    verified_tokens: std::sync::Mutex<std::collections::HashMap<String, (Identity, u64)>>,
+    verified_tokens: token::VerifiedTokenCache,
 }
-
-/// Verified access tokens remembered; the map is emptied when full.
-const VERIFIED_TOKENS_LIMIT: usize = 10_000;
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -180,6 +179,7 @@ impl App {
                     ttl: t.ttl,
                     refresh_ttl: t.refresh_ttl,
                 },
+                refresh_tokens: t.refresh_tokens,
             }),
         };
         let realm = config.basic_realm.replace(['"', '\\'], "");
@@ -193,7 +193,7 @@ impl App {
             token,
             default_format: config.default_format.clone(),
             basic_challenge,
-            verified_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+            verified_tokens: token::VerifiedTokenCache::default(),
         })
     }
 
@@ -233,6 +233,11 @@ impl App {
                         "login_shared_waits_total",
                         "Basic logins answered by waiting for the same login's bcrypt already running.",
                         self.verifier.shared_waits(),
+                    ),
+                    (
+                        "token_cache_hits_total",
+                        "Bearer tokens answered from the verified-token cache.",
+                        self.verified_tokens.hits(),
                     ),
                 ];
                 respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render(&extra))
@@ -371,24 +376,45 @@ impl App {
                         "bearer token without --token-realm".into(),
                     );
                 };
-                match self.verify_access_cached(realm, &bearer) {
-                    Ok(Identity { user: None }) => {
+                let verified = self
+                    .verified_tokens
+                    .verify(&realm.key, &realm.settings, &bearer, SystemTime::now());
+                // A user's token is bound to the password entry it was issued
+                // against, checked on every request (cached or not): a changed,
+                // removed or re-created entry ends it.
+                let current = |user: &str| self.store.htpasswd().entry_fingerprint(user);
+                match verified {
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: None },
+                        ..
+                    }) => {
                         token_holder = true;
                         None
                     }
-                    Ok(Identity { user: Some(user) }) if self.store.htpasswd().contains(&user) => {
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                    }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
                         token_holder = true;
                         Some(user)
                     }
-                    Ok(Identity { user: Some(user) }) => {
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        ..
+                    }) => {
                         self.metrics
                             .token_failures
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let why = if current(&user).is_some() {
+                            "issued before their password entry changed"
+                        } else {
+                            "who is no longer a user"
+                        };
                         return self.challenge(
                             &access,
                             Some("invalid_token"),
                             Outcome::Unauthorized,
-                            format!("token for `{user}`, who is no longer a user"),
+                            format!("token for `{user}` {why}"),
                         );
                     }
                     Err(e) => {
@@ -562,7 +588,12 @@ impl App {
                 .insert(WWW_AUTHENTICATE, self.basic_challenge.clone());
             response
         };
-        let (identity, scopes, wants_refresh, reuse_refresh) = match token_request {
+        // The binding is the password entry as it was before the password was
+        // checked: if the entry changes meanwhile, the token is born ended
+        // (fails closed) rather than bound to an entry the password was not
+        // checked against.
+        let fingerprint = |user: &str| self.store.htpasswd().entry_fingerprint(user).unwrap_or_default();
+        let (identity, binding, scopes, wants_refresh, reuse_refresh) = match token_request {
             TokenRequest::Get {
                 scopes, offline_token, ..
             } => {
@@ -572,12 +603,13 @@ impl App {
                     return unauthorized("repeated Authorization header");
                 }
                 match parse_authorization(first.map(HeaderValue::as_bytes)) {
-                    Ok(Credentials::Anonymous) => (Identity::anonymous(), scopes, false, None),
+                    Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), scopes, false, None),
                     Ok(Credentials::Basic { user, password }) => {
+                        let binding = fingerprint(&user);
                         if !self.check_password(&user, &password, client).await {
                             return unauthorized("wrong password or unknown user");
                         }
-                        (Identity::user(user), scopes, offline_token, None)
+                        (Identity::user(user), binding, scopes, offline_token, None)
                     }
                     _ => return unauthorized("unusable Authorization header"),
                 }
@@ -589,10 +621,25 @@ impl App {
                 access_type_offline,
                 ..
             } => {
+                let binding = fingerprint(&username);
                 if !self.check_password(&username, &password, client).await {
                     return unauthorized("wrong password or unknown user");
                 }
-                (Identity::user(username), scopes, access_type_offline, None)
+                (Identity::user(username), binding, scopes, access_type_offline, None)
+            }
+            TokenRequest::RefreshGrant { .. } if !realm.refresh_tokens => {
+                self.metrics
+                    .token_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "csel_auth::token", "refresh grant refused: refresh tokens are off");
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "application/json; charset=utf-8",
+                    token::oauth_error_json(
+                        "unsupported_grant_type",
+                        "this registry does not accept refresh tokens: log in again with your password",
+                    ),
+                );
             }
             TokenRequest::RefreshGrant {
                 refresh_token, scopes, ..
@@ -600,25 +647,21 @@ impl App {
                 // Bound to the password entry: a changed password or a
                 // removed user ends every refresh token issued before.
                 Ok((Identity { user: Some(user) }, binding))
-                    if self.store.htpasswd().entry_fingerprint(&user).as_deref() == Some(binding.as_str()) =>
+                    if !binding.is_empty() && fingerprint(&user) == binding =>
                 {
-                    (Identity::user(user), scopes, false, Some(refresh_token))
+                    (Identity::user(user), binding, scopes, false, Some(refresh_token))
                 }
                 _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
             },
         };
         let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
-        let binding = identity
-            .user
-            .as_deref()
-            .and_then(|u| self.store.htpasswd().entry_fingerprint(u))
-            .filter(|_| wants_refresh);
         let mut issued = token::issue_bound(
             &realm.key,
             &realm.settings,
             &identity,
             &granted,
-            binding.as_deref(),
+            &binding,
+            wants_refresh && realm.refresh_tokens,
             SystemTime::now(),
         );
         if reuse_refresh.is_some() {
@@ -638,30 +681,6 @@ impl App {
             "application/json; charset=utf-8",
             token::token_response_json(&issued),
         )
-    }
-
-    /// [`token::verify_access`], remembering verified tokens until they expire: a pull sends the
-    /// same token with every request, and verifying it (HMAC, base64, JSON) costs more than
-    /// deciding. The subject is still checked against the htpasswd file and every request is
-    /// still decided by the current rules.
-    fn verify_access_cached(&self, realm: &TokenRealm, bearer: &str) -> Result<Identity, token::TokenError> {
-        let now = SystemTime::now();
-        let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if let Ok(cache) = self.verified_tokens.lock() {
-            if let Some((identity, expires_at)) = cache.get(bearer) {
-                if now_secs < *expires_at {
-                    return Ok(identity.clone());
-                }
-            }
-        }
-        let verified = token::verify_access_token(&realm.key, &realm.settings, bearer, now)?;
-        if let Ok(mut cache) = self.verified_tokens.lock() {
-            if cache.len() >= VERIFIED_TOKENS_LIMIT {
-                cache.clear();
-            }
-            cache.insert(bearer.to_string(), (verified.identity.clone(), verified.expires_at));
-        }
-        Ok(verified.identity)
     }
 
     async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {

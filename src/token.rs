@@ -18,7 +18,8 @@
 //!   anonymous.
 //! * Claims are `iss` and `aud` (both the configured service), `sub`, `exp`,
 //!   `nbf`, `iat`, `jti`, `typ`, `access` (distribution's `{type,name,actions}`
-//!   list). Unknown claims are rejected, so an older replica never ignores a
+//!   list), and for users `bnd`, a fingerprint of the password entry the token
+//!   was issued against (the caller refuses the token once the entry changed). Unknown claims are rejected, so an older replica never ignores a
 //!   restriction a newer one added. A token whose lifetime (`exp - nbf`) exceeds
 //!   the currently configured TTL is rejected, so shortening a TTL takes effect
 //!   for tokens already issued. Clock leeway is [`CLOCK_LEEWAY`].
@@ -38,7 +39,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +116,20 @@ pub enum TokenKeyError {
         path.display()
     )]
     Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "token key file {} is owned by {}, not by {}: whoever owns it can replace the key and forge \
+         tokens; if its content is trusted run `chown {} {}`, else delete it to have a new key generated",
+        path.display(),
+        describe_user(*owner),
+        expected_owner(*service_user),
+        user_name(*service_user).unwrap_or_else(|| service_user.to_string()),
+        path.display()
+    )]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        service_user: u32,
+    },
     #[error("token key file {} is invalid: {reason}", path.display())]
     InvalidFile { path: PathBuf, reason: String },
     #[error("token key is too short: {len} bytes, at least {MIN_KEY_BYTES} are needed")]
@@ -134,7 +149,8 @@ impl TokenKey {
     }
 
     /// Loads the key from `path`, creating it (32 random bytes, hex, mode
-    /// 0600) when it does not exist. Creation is atomic: the content is written
+    /// 0600) when it does not exist. An existing file must be owned by the
+    /// user csel-auth runs as (or root) and unreadable by group and others. Creation is atomic: the content is written
     /// to a temporary file and hard-linked into place, so replicas racing on a
     /// shared file all end up with the one key that won.
     pub fn load_or_create(path: &Path) -> Result<TokenKey, TokenKeyError> {
@@ -185,6 +201,15 @@ fn load_existing(path: &Path) -> Result<Option<TokenKey>, TokenKeyError> {
         })?;
         if !metadata.is_file() {
             return Err(invalid_key_file(path, "not a regular file".to_string()));
+        }
+        let owner = metadata.uid();
+        let service_user = nix::unistd::geteuid().as_raw();
+        if owner != service_user && owner != 0 {
+            return Err(TokenKeyError::Owner {
+                path: path.to_path_buf(),
+                owner,
+                service_user,
+            });
         }
         let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -257,7 +282,19 @@ fn create_key_file(path: &Path) -> Result<TokenKey, TokenKeyError> {
         std::process::id(),
         hex_encode(&suffix)
     ));
-    write_new_private_file(&temporary, text.as_bytes()).map_err(io_error("create"))?;
+    if let Err(source) = write_new_private_file(&temporary, text.as_bytes()) {
+        if source.kind() == io::ErrorKind::NotFound && !directory.is_dir() {
+            return Err(invalid_key_file(
+                path,
+                format!(
+                    "it cannot be created: directory {} does not exist; create it (owned by the user csel-auth \
+                     runs as, mode 700; systemd: StateDirectory=csel-auth) or name another file with --token-key",
+                    directory.display()
+                ),
+            ));
+        }
+        return Err(io_error("create")(source));
+    }
     let linked = fs::hard_link(&temporary, path);
     // Best effort: a leftover temporary file is harmless.
     let _ = fs::remove_file(&temporary);
@@ -299,6 +336,30 @@ fn sync_directory(directory: &Path) {
     if let Ok(handle) = File::open(directory) {
         let _ = handle.sync_all();
     }
+}
+
+/// `uid 65534 (nobody)`, or `uid 65534` when the name cannot be looked up.
+fn describe_user(uid: u32) -> String {
+    match user_name(uid) {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Who may own the key file: the user csel-auth runs as, or root.
+fn expected_owner(service_user: u32) -> String {
+    if service_user == 0 {
+        "root, the user csel-auth runs as".to_string()
+    } else {
+        format!("{}, the user csel-auth runs as, or root", describe_user(service_user))
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
 }
 
 fn invalid_key_file(path: &Path, reason: String) -> TokenKeyError {
@@ -556,18 +617,20 @@ pub fn issue(
     with_refresh: bool,
     now: SystemTime,
 ) -> IssuedToken {
-    issue_bound(key, settings, identity, access, with_refresh.then_some(""), now)
+    issue_bound(key, settings, identity, access, "", with_refresh, now)
 }
 
-/// As [`issue`]; a refresh token is issued when `refresh_binding` is given,
-/// and carries it (e.g. a fingerprint of the user's password entry) so that
-/// [`verify_refresh_bound`]'s caller can refuse it once the credential changed.
+/// As [`issue`], with `binding` (e.g. a fingerprint of the user's password
+/// entry) in the access token and in the refresh token, so that the caller of
+/// [`verify_access_token`] / [`verify_refresh_bound`] can refuse them once the
+/// credential changed. An empty binding is left out.
 pub fn issue_bound(
     key: &TokenKey,
     settings: &TokenSettings,
     identity: &Identity,
     access: &[Scope],
-    refresh_binding: Option<&str>,
+    binding: &str,
+    with_refresh: bool,
     now: SystemTime,
 ) -> IssuedToken {
     // A clock before 1970 yields tokens that are long expired: fails closed.
@@ -576,6 +639,9 @@ pub fn issue_bound(
     let ttl = settings.lifetime(TokenKind::Access);
 
     let mut claims = base_claims(settings, subject, TokenKind::Access, now_secs);
+    if !binding.is_empty() && !subject.is_empty() {
+        claims["bnd"] = Value::String(binding.to_string());
+    }
     let mut size = claims.to_string().len();
     let mut granted: Vec<Scope> = Vec::new();
     let mut entries: Vec<Value> = Vec::new();
@@ -592,7 +658,7 @@ pub fn issue_bound(
     claims["access"] = Value::Array(entries);
     let token = sign(key, TokenKind::Access, &claims);
 
-    let refresh_token = refresh_binding.filter(|_| !subject.is_empty()).map(|binding| {
+    let refresh_token = (with_refresh && !subject.is_empty()).then(|| {
         let mut refresh_claims = base_claims(settings, subject, TokenKind::Refresh, now_secs);
         if !binding.is_empty() {
             refresh_claims["bnd"] = Value::String(binding.to_string());
@@ -704,7 +770,7 @@ pub struct VerifiedToken {
     pub token_id: String,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
-    /// Refresh tokens: what [`issue_bound`] bound them to (empty if nothing).
+    /// What [`issue_bound`] bound the token to (empty if nothing).
     pub binding: String,
 }
 
@@ -758,7 +824,7 @@ struct Claims {
     jti: String,
     typ: String,
     access: Vec<AccessClaim>,
-    /// Refresh tokens: fingerprint of the credential they were issued for.
+    /// Fingerprint of the credential the token was issued for (users only).
     #[serde(default)]
     bnd: Option<String>,
 }
@@ -893,6 +959,130 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
     is_token68.then_some(token)
+}
+
+// ---------------------------------------------------------------------------
+// Verified-token cache
+// ---------------------------------------------------------------------------
+
+/// Verified access tokens remembered for users, least recently used evicted first.
+pub const USER_TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// Verified anonymous access tokens remembered. Anyone can get any number of
+/// them, so they have their own, smaller cache and never evict a user's entry.
+pub const ANONYMOUS_TOKEN_CACHE_ENTRIES: usize = 1_000;
+
+/// What a cached verification gives back: the subject and the token's binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedAccess {
+    pub identity: Identity,
+    /// See [`VerifiedToken::binding`]; the caller compares it with the current
+    /// credential on every request, so a cached entry never outlives it.
+    pub binding: String,
+}
+
+/// [`verify_access_token`] with the results remembered until the token
+/// expires: a pull sends the same token with every request, and verifying it
+/// (HMAC, base64, JSON) costs more than deciding. Entries are keyed by the
+/// SHA-256 of the token, so an entry's size does not depend on the token's,
+/// and kept in two bounded LRU maps, one for users and one for anonymous
+/// tokens.
+pub struct VerifiedTokenCache {
+    users: std::sync::Mutex<lru::LruCache<[u8; 32], (CachedAccess, u64)>>,
+    anonymous: std::sync::Mutex<lru::LruCache<[u8; 32], u64>>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Debug for VerifiedTokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (users, anonymous) = self.len();
+        f.debug_struct("VerifiedTokenCache")
+            .field("users", &users)
+            .field("anonymous", &anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedTokenCache {
+    /// Room for `users` user tokens and `anonymous` anonymous ones (each at least 1).
+    pub fn new(users: usize, anonymous: usize) -> VerifiedTokenCache {
+        let capacity = |n: usize| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
+        VerifiedTokenCache {
+            users: std::sync::Mutex::new(lru::LruCache::new(capacity(users))),
+            anonymous: std::sync::Mutex::new(lru::LruCache::new(capacity(anonymous))),
+            hits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn verify(
+        &self,
+        key: &TokenKey,
+        settings: &TokenSettings,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<CachedAccess, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        let now_secs = unix_seconds(now).ok_or(TokenError::ClockBeforeEpoch)?;
+        let id: [u8; 32] = <Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+        // A poisoned lock only costs the cache: verify without it.
+        if let Ok(mut users) = self.users.lock() {
+            if let Some((access, expires_at)) = users.get(&id) {
+                if now_secs < *expires_at {
+                    self.count_hit();
+                    return Ok(access.clone());
+                }
+                users.pop(&id);
+            }
+        }
+        if let Ok(mut anonymous) = self.anonymous.lock() {
+            if let Some(expires_at) = anonymous.get(&id) {
+                if now_secs < *expires_at {
+                    self.count_hit();
+                    return Ok(CachedAccess {
+                        identity: Identity::anonymous(),
+                        binding: String::new(),
+                    });
+                }
+                anonymous.pop(&id);
+            }
+        }
+        let verified = verify_access_token(key, settings, token, now)?;
+        let access = CachedAccess {
+            identity: verified.identity,
+            binding: verified.binding,
+        };
+        if access.identity.user.is_some() {
+            if let Ok(mut users) = self.users.lock() {
+                users.put(id, (access.clone(), verified.expires_at));
+            }
+        } else if let Ok(mut anonymous) = self.anonymous.lock() {
+            anonymous.put(id, verified.expires_at);
+        }
+        Ok(access)
+    }
+
+    /// Requests answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Entries held: (users, anonymous).
+    pub fn len(&self) -> (usize, usize) {
+        let users = self.users.lock().map_or(0, |users| users.len());
+        let anonymous = self.anonymous.lock().map_or(0, |anonymous| anonymous.len());
+        (users, anonymous)
+    }
+
+    fn count_hit(&self) {
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Default for VerifiedTokenCache {
+    fn default() -> VerifiedTokenCache {
+        VerifiedTokenCache::new(USER_TOKEN_CACHE_ENTRIES, ANONYMOUS_TOKEN_CACHE_ENTRIES)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1916,6 +2106,42 @@ mod tests {
     }
 
     #[test]
+    fn key_file_owned_by_another_user_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = write_key_file(directory.path(), format!("{}\n", "0".repeat(64)).as_bytes());
+        if let Err(error) = std::os::unix::fs::chown(&path, Some(65_534), None) {
+            // Only root can give a file away.
+            eprintln!("skipped: cannot chown to uid 65534 ({error})");
+            return;
+        }
+        let error = TokenKey::load_or_create(&path).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, TokenKeyError::Owner { owner: 65_534, .. }), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("owned by uid 65534"), "{message}");
+        assert!(message.contains(&format!("chown root {}", path.display())), "{message}");
+        // Root may own the key of a service running as another user.
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        assert!(TokenKey::load_or_create(&path).is_ok());
+    }
+
+    #[test]
+    fn a_missing_key_directory_is_explained() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("absent").join("token.key");
+        let message = TokenKey::load_or_create(&path).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains(&format!(
+                "directory {} does not exist",
+                directory.path().join("absent").display()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("--token-key"), "{message}");
+    }
+
+    #[test]
     fn short_keys_are_refused() {
         assert!(matches!(
             TokenKey::from_bytes(&[1u8; 31]),
@@ -1923,6 +2149,138 @@ mod tests {
         ));
         assert!(TokenKey::from_bytes(&[]).is_err());
         assert!(TokenKey::from_bytes(&[1u8; 64]).is_ok());
+    }
+
+    // --- bindings and the verified-token cache -------------------------------
+
+    #[test]
+    fn user_tokens_carry_their_binding() {
+        let issued = issue_bound(&key(), &settings(), &alice(), &[], "b1nd", true, at(NOW));
+        assert_eq!(claims_of(&issued.token)["bnd"], "b1nd");
+        let verified = verify_access_token(&key(), &settings(), &issued.token, at(NOW)).unwrap();
+        assert_eq!(verified.binding, "b1nd");
+        let refresh = issued.refresh_token.unwrap();
+        assert_eq!(
+            verify_refresh_bound(&key(), &settings(), &refresh, at(NOW)),
+            Ok((alice(), "b1nd".to_string()))
+        );
+        let unbound = issue(&key(), &settings(), &alice(), &[], false, at(NOW));
+        assert!(claims_of(&unbound.token).get("bnd").is_none());
+        assert_eq!(unbound.refresh_token, None);
+        // Anonymous tokens name no credential.
+        let anonymous = issue_bound(&key(), &settings(), &Identity::anonymous(), &[], "b1nd", true, at(NOW));
+        assert!(claims_of(&anonymous.token).get("bnd").is_none());
+        assert_eq!(anonymous.refresh_token, None);
+    }
+
+    fn user_token(user: &str, binding: &str) -> String {
+        issue_bound(&key(), &settings(), &Identity::user(user), &[], binding, false, at(NOW)).token
+    }
+
+    fn anonymous_token() -> String {
+        issue(&key(), &settings(), &Identity::anonymous(), &[], false, at(NOW)).token
+    }
+
+    #[test]
+    fn cache_answers_repeated_tokens_with_their_binding() {
+        let cache = VerifiedTokenCache::default();
+        let token = user_token("alice", "b1nd");
+        let expected = CachedAccess {
+            identity: alice(),
+            binding: "b1nd".to_string(),
+        };
+        assert_eq!(cache.verify(&key(), &settings(), &token, at(NOW)), Ok(expected.clone()));
+        assert_eq!(cache.hits(), 0);
+        assert_eq!(cache.verify(&key(), &settings(), &token, at(NOW + 1)), Ok(expected));
+        assert_eq!(cache.hits(), 1);
+        let anonymous = anonymous_token();
+        for _ in 0..2 {
+            assert_eq!(
+                cache
+                    .verify(&key(), &settings(), &anonymous, at(NOW))
+                    .map(|a| a.identity),
+                Ok(Identity::anonymous())
+            );
+        }
+        assert_eq!(cache.hits(), 2);
+        assert_eq!(cache.len(), (1, 1));
+    }
+
+    #[test]
+    fn cache_never_keeps_bad_or_expired_tokens() {
+        let cache = VerifiedTokenCache::default();
+        let forged = issue(
+            &TokenKey::from_bytes(&[8u8; 32]).unwrap(),
+            &settings(),
+            &alice(),
+            &[],
+            false,
+            at(NOW),
+        )
+        .token;
+        for _ in 0..2 {
+            assert_eq!(
+                cache.verify(&key(), &settings(), &forged, at(NOW)),
+                Err(TokenError::BadSignature)
+            );
+        }
+        assert_eq!(cache.len(), (0, 0));
+        let token = user_token("alice", "b1nd");
+        assert!(cache.verify(&key(), &settings(), &token, at(NOW)).is_ok());
+        let expired = at(NOW + 300 + CLOCK_LEEWAY.as_secs());
+        assert_eq!(
+            cache.verify(&key(), &settings(), &token, expired),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(cache.hits(), 0);
+        assert_eq!(
+            cache.verify(&key(), &settings(), &"a".repeat(MAX_TOKEN_LEN + 1), at(NOW)),
+            Err(TokenError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn cache_evicts_the_least_recently_used_user_token() {
+        let cache = VerifiedTokenCache::new(2, 1);
+        let [a, b, c] = ["a", "b", "c"].map(|user| user_token(user, "x"));
+        for token in [&a, &b, &a, &c] {
+            assert!(cache.verify(&key(), &settings(), token, at(NOW)).is_ok());
+        }
+        assert_eq!(cache.hits(), 1, "a's second use");
+        assert_eq!(cache.len(), (2, 0));
+        assert!(cache.verify(&key(), &settings(), &a, at(NOW)).is_ok());
+        assert_eq!(cache.hits(), 2, "a stayed: b was the least recently used");
+        assert!(cache.verify(&key(), &settings(), &b, at(NOW)).is_ok());
+        assert_eq!(cache.hits(), 2, "b was evicted");
+    }
+
+    #[test]
+    fn anonymous_tokens_never_evict_user_tokens() {
+        let cache = VerifiedTokenCache::default();
+        let alice = user_token("alice", "b1nd");
+        assert!(cache.verify(&key(), &settings(), &alice, at(NOW)).is_ok());
+        for _ in 0..20_000 {
+            assert!(cache.verify(&key(), &settings(), &anonymous_token(), at(NOW)).is_ok());
+        }
+        assert_eq!(cache.hits(), 0);
+        assert_eq!(cache.len(), (1, ANONYMOUS_TOKEN_CACHE_ENTRIES));
+        assert!(cache.verify(&key(), &settings(), &alice, at(NOW)).is_ok());
+        assert_eq!(cache.hits(), 1, "alice's entry was evicted");
+        // Entries are keyed by a 32-byte hash, whatever the token's length.
+        let long = issue(
+            &key(),
+            &settings(),
+            &Identity::anonymous(),
+            &(0..MAX_SCOPES)
+                .map(|n| pull(&format!("{n}/{}", "x".repeat(200))))
+                .collect::<Vec<_>>(),
+            false,
+            at(NOW),
+        )
+        .token;
+        assert!(long.len() > 4096, "{}", long.len());
+        assert!(cache.verify(&key(), &settings(), &long, at(NOW)).is_ok());
+        assert_eq!(cache.len(), (1, ANONYMOUS_TOKEN_CACHE_ENTRIES));
     }
 
     // --- scopes -------------------------------------------------------------

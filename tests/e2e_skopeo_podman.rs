@@ -1,6 +1,7 @@
 //! End-to-end: skopeo and podman against nginx + csel-auth + the CNCF
 //! distribution registry, in basic and in token mode (one test per mode,
-//! each a sequence of named steps; the two run in parallel).
+//! each a sequence of named steps; they run in parallel), and beside docker,
+//! sharing docker's config.json.
 //!
 //! A refused push must end at once: every push refusal here is also timed.
 
@@ -466,5 +467,84 @@ fn seed_002(stack: &Stack) -> Result<()> {
             &format!("Error: {}", expect.pull_refused("team/tool:1", true)),
         )
     })?;
+    Ok(())
+}
+
+/// docker, podman and skopeo on one machine sharing docker's config.json, in
+/// token mode: `docker login` must leave credentials that podman and skopeo
+/// can use. docker stores an identity token instead of the password when the
+/// token realm hands it a refresh token, and containers/image cannot use one
+/// (`podman login` then fails with "currently logged in, auth file contains an
+/// Identity token"); so csel-auth issues refresh tokens only when the operator
+/// turns them on.
+#[test]
+fn docker_podman_and_skopeo_share_one_docker_config_in_token_mode() -> Result<()> {
+    let stack = step(
+        "[shared config] start a token-mode stack with examples/registry.rules",
+        || Stack::start(Mode::Token, &example("registry.rules")?),
+    )?;
+    stack.seed_image("coolteam/app", "1", "coolteam/app (shared docker config)\n")?;
+    let dockerd = step("[shared config] start dockerd", || Dockerd::start(stack.nginx.addr()))?;
+    let docker = dockerd.new_client()?;
+    let host = stack.host();
+    step("[shared config] alice logs in with docker", || {
+        succeeded_with(
+            docker.login(stack.nginx.addr(), "alice", &password("alice"))?,
+            "Login Succeeded",
+        )
+    })?;
+    let config = docker.config_dir().join("config.json");
+    let authfile = config
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", config.display()))?;
+    step(
+        "[shared config] docker's config.json holds alice's password, not an identity token",
+        || {
+            let text = std::fs::read_to_string(&config)?;
+            let json: serde_json::Value = serde_json::from_str(&text)?;
+            let entry = &json["auths"][host.as_str()];
+            ensure!(
+                entry.get("identitytoken").is_none(),
+                "docker stored an identity token:\n{text}"
+            );
+            ensure!(entry["auth"].is_string(), "no credentials for {host}:\n{text}");
+            Ok(())
+        },
+    )?;
+
+    // Both read docker's config.json through --authfile; their own
+    // REGISTRY_AUTH_FILE and DOCKER_CONFIG are empty.
+    let tools = ContainerTools::new(&[stack.nginx.addr()])?;
+    let alice_password = password("alice");
+    let login = [
+        "login",
+        "--authfile",
+        authfile,
+        "-u",
+        "alice",
+        "-p",
+        &alice_password,
+        &host,
+    ];
+    step("[shared config] podman login with docker's config.json", || {
+        succeeded_with(tools.podman(&login)?, "Login Succeeded!")
+    })?;
+    step("[shared config] skopeo login with docker's config.json", || {
+        succeeded_with(tools.skopeo(&login)?, "Login Succeeded!")
+    })?;
+    let private = format!("docker://{host}/coolteam/app:1");
+    let target = format!("oci:{}:pulled", tools.dir().join("shared-config-pull").display());
+    step(
+        "[shared config] skopeo pulls the private coolteam/app with docker's config.json",
+        || succeeded(tools.skopeo(&["copy", "--authfile", authfile, &private, &target])?),
+    )?;
+    step(
+        "[shared config] podman pulls the private coolteam/app with docker's config.json",
+        || succeeded(tools.podman(&["pull", "--authfile", authfile, &stack.image("coolteam/app:1")])?),
+    )?;
+    step(
+        "[shared config] docker still pulls coolteam/app after podman and skopeo wrote its config",
+        || succeeded(docker.run(&["pull", &stack.image("coolteam/app:1")])?),
+    )?;
     Ok(())
 }

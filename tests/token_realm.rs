@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use csel_auth::identity::Htpasswd;
 use csel_auth::token::{self, Identity, Scope, TokenKey, TokenSettings};
 use serde_json::Value;
 
@@ -26,6 +27,13 @@ fn key_dir() -> tempfile::TempDir {
 
 fn start(key: &Path) -> Service {
     Setup::new(RULES).token_realm(key.to_path_buf()).start()
+}
+
+fn start_with_refresh_tokens(key: &Path) -> Service {
+    Setup::new(RULES)
+        .token_realm(key.to_path_buf())
+        .arg("--refresh-tokens")
+        .start()
 }
 
 /// GET /token with optional Basic credentials.
@@ -166,7 +174,7 @@ fn granted_scopes_follow_the_rules() {
 #[test]
 fn oauth_password_and_refresh_grants() {
     let keys = key_dir();
-    let service = start(&keys.path().join("key"));
+    let service = start_with_refresh_tokens(&keys.path().join("key"));
     let password_grant = |extra: &str| {
         post_token(
             &service,
@@ -374,17 +382,35 @@ fn test_settings() -> TokenSettings {
     }
 }
 
+/// A token as the service would issue it: a user's is bound to their entry in
+/// [`standard_htpasswd`].
 fn craft(key: &TokenKey, user: Option<&str>, now: SystemTime) -> String {
     let identity = match user {
         Some(user) => Identity::user(user),
         None => Identity::anonymous(),
     };
-    let access = [Scope {
+    let htpasswd = Htpasswd::parse("users.htpasswd", &standard_htpasswd()).unwrap();
+    let binding = user
+        .and_then(|user| htpasswd.entry_fingerprint(user))
+        .unwrap_or_default();
+    token::issue_bound(
+        key,
+        &test_settings(),
+        &identity,
+        &coolteam_access(),
+        &binding,
+        false,
+        now,
+    )
+    .token
+}
+
+fn coolteam_access() -> [Scope; 1] {
+    [Scope {
         kind: "repository".into(),
         name: "coolteam/app".into(),
         actions: vec!["pull".into(), "push".into()],
-    }];
-    token::issue(key, &test_settings(), &identity, &access, false, now).token
+    }]
 }
 
 #[test]
@@ -432,7 +458,18 @@ fn invalid_tokens_are_refused_with_invalid_token() {
     let alg_none = format!("{none_header}.{}.", parts[1]);
     let hs256_unsigned = format!("{}.{}.", parts[0], parts[1]);
 
-    let bad: [(&str, &str); 9] = [
+    // Signed with the right key, but bound to no password entry.
+    let unbound = token::issue(
+        &key,
+        &test_settings(),
+        &Identity::user("alice"),
+        &coolteam_access(),
+        false,
+        now,
+    )
+    .token;
+    let bad: [(&str, &str); 10] = [
+        ("unbound", &unbound),
         ("expired", &expired),
         ("forged", &forged),
         ("for another service", &other_service),
@@ -549,7 +586,7 @@ fn tokens_survive_restarts_and_are_shared_by_replicas() {
 #[test]
 fn a_password_change_ends_refresh_tokens_issued_before_it() {
     let keys = key_dir();
-    let service = start(&keys.path().join("key"));
+    let service = start_with_refresh_tokens(&keys.path().join("key"));
     let offline = post_token(
         &service,
         &format!("grant_type=password&username=alice&password=alice-password&service={SERVICE}&access_type=offline"),
@@ -583,4 +620,258 @@ fn a_password_change_ends_refresh_tokens_issued_before_it() {
     });
     let refused = refresh_grant();
     assert_eq!(refused.status, 401, "{}", refused.text());
+}
+
+/// `csel_auth_version{file="htpasswd"}`: the number of the htpasswd version in force.
+fn htpasswd_version(service: &Service) -> f64 {
+    service.metric("csel_auth_version{file=\"htpasswd\"}")
+}
+
+/// Replaces the htpasswd file (write + rename) and waits until the service
+/// has the new version in force.
+fn replace_htpasswd(service: &Service, text: &str) {
+    let before = htpasswd_version(service);
+    let path = service.htpasswd.clone().unwrap();
+    write_and_rename(&path, text);
+    wait_for(Duration::from_secs(10), "the new htpasswd in force", || {
+        (htpasswd_version(service) > before).then_some(())
+    });
+}
+
+/// [`standard_htpasswd`] with `user`'s line replaced by one for `password`
+/// (`None`: the user removed).
+fn htpasswd_with(user: &str, password: Option<&str>) -> String {
+    let prefix = format!("{user}:");
+    let mut text: String = standard_htpasswd()
+        .lines()
+        .filter(|line| !line.starts_with(&prefix))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if let Some(password) = password {
+        text.push_str(&format!("{user}:{}\n", bcrypt_hash(password)));
+    }
+    text
+}
+
+#[test]
+fn a_changed_or_recreated_password_entry_ends_access_tokens() {
+    let keys = key_dir();
+    let service = start(&keys.path().join("key"));
+    const OWN: &str = "/v2/carol/x/manifests/1";
+    let ended = challenge(&service, Some("repository:carol/x:pull"), Some("invalid_token"));
+    let carol_token = |password: &str| {
+        token_of(&get_token(
+            &service,
+            &format!("service={SERVICE}"),
+            Some(("carol", password)),
+        ))
+    };
+
+    let first = user_token(&service, "carol");
+    // Used twice: the second answer comes from the verified-token cache.
+    for _ in 0..2 {
+        assert_allowed(&service.auth_bearer("GET", OWN, &first), "carol", "before the change");
+    }
+
+    replace_htpasswd(&service, &htpasswd_with("carol", Some("carol-second-password")));
+    assert_challenged(
+        &service.auth_bearer("GET", OWN, &first),
+        &ended,
+        "a token from before the password change",
+    );
+    let second = carol_token("carol-second-password");
+    assert_allowed(
+        &service.auth_bearer("GET", OWN, &second),
+        "carol",
+        "a token issued with the new password",
+    );
+
+    // Removed, then re-created with another password: neither old token comes back.
+    replace_htpasswd(&service, &htpasswd_with("carol", None));
+    assert_challenged(&service.auth_bearer("GET", OWN, &second), &ended, "carol removed");
+    replace_htpasswd(&service, &htpasswd_with("carol", Some("carol-third-password")));
+    for (what, token) in [("the first token", &first), ("the second token", &second)] {
+        assert_challenged(
+            &service.auth_bearer("GET", OWN, token),
+            &ended,
+            &format!("{what} after carol was re-created"),
+        );
+    }
+    let third = carol_token("carol-third-password");
+    assert_allowed(
+        &service.auth_bearer("GET", OWN, &third),
+        "carol",
+        "the re-created carol",
+    );
+    // Other users' tokens are untouched.
+    let alice = user_token(&service, "alice");
+    assert_allowed(&service.auth_bearer("PUT", COOLTEAM, &alice), "alice", "alice");
+}
+
+/// Runs `csel-auth serve` in token mode with the key file `key`, expecting it
+/// to refuse to start; returns its exit status and stderr. Fails if it starts
+/// serving instead.
+fn start_failure(key: &Path) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let setup = Setup::new(RULES);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+        .arg("serve")
+        .arg("--rules")
+        .arg(setup.path("registry.rules"))
+        .arg("--htpasswd")
+        .arg(setup.path("users.htpasswd"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(["--token-realm", "http://127.0.0.1/token", "--token-key"])
+        .arg(key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(START_TIMEOUT, "csel-auth to exit", || {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("csel-auth started serving with the key file {}", key.display());
+        }
+        child.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn a_key_file_owned_by_another_user_is_refused() {
+    let keys = key_dir();
+    let key_path = keys.path().join("token.key");
+    std::fs::write(&key_path, format!("{}\n", "0".repeat(64))).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if let Err(error) = std::os::unix::fs::chown(&key_path, Some(65534), Some(65534)) {
+        // Only root can give a file away; the refusal cannot be provoked otherwise.
+        eprintln!("skipped: cannot chown the key file to uid 65534 ({error}); run as root");
+        return;
+    }
+    let (status, stderr) = start_failure(&key_path);
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    let shown = key_path.display().to_string();
+    for needle in [shown.as_str(), "owned by", "65534", "chown"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+    }
+    // Given back to the service's user (root here), the same file is accepted.
+    std::os::unix::fs::chown(&key_path, Some(0), Some(0)).unwrap();
+    let service = start(&key_path);
+    token_of(&get_token(&service, "", None));
+}
+
+#[test]
+fn the_default_key_file_is_absolute() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("[default: /var/lib/csel-auth/token.key]"),
+        "serve --help:\n{help}"
+    );
+}
+
+#[test]
+fn anonymous_tokens_do_not_evict_a_users_cached_token() {
+    let keys = key_dir();
+    let key_path = keys.path().join("key");
+    let service = start(&key_path);
+    let hits = || service.metric("csel_auth_token_cache_hits_total");
+    let alice = user_token(&service, "alice");
+    let mut connection = service.connect();
+    let mut auth = |token: &str| {
+        let authorization = format!("Bearer {token}");
+        connection.send(
+            "GET",
+            "/auth",
+            &[
+                ("X-Original-URI", LIBRARY),
+                ("X-Original-Method", "GET"),
+                ("Authorization", &authorization),
+            ],
+            b"",
+        )
+    };
+    assert_allowed(&auth(&alice), "alice", "first use");
+    let before = hits();
+    assert_allowed(&auth(&alice), "alice", "second use");
+    assert_eq!(hits(), before + 1.0, "alice's second request is a cache hit");
+
+    // Anonymous tokens cost nothing to get: 20 000 of them, each used once.
+    let key = TokenKey::load_or_create(&key_path).unwrap();
+    let now = SystemTime::now();
+    for n in 0..20_000 {
+        let anonymous = token::issue(&key, &test_settings(), &Identity::anonymous(), &[], false, now).token;
+        let response = auth(&anonymous);
+        assert_eq!(response.status, 200, "anonymous token {n}: {}", response.text());
+    }
+    let before = hits();
+    assert_allowed(&auth(&alice), "alice", "after the anonymous flood");
+    assert_eq!(
+        hits(),
+        before + 1.0,
+        "alice's token was evicted from the cache by anonymous tokens"
+    );
+}
+
+#[test]
+fn refresh_tokens_are_issued_only_when_turned_on() {
+    let keys = key_dir();
+    let key_path = keys.path().join("key");
+    let without = start(&key_path);
+    let offline_get = |service: &Service| {
+        get_token(
+            service,
+            &format!("service={SERVICE}&offline_token=true"),
+            Some(("alice", &password("alice"))),
+        )
+    };
+    let offline_post = |service: &Service| {
+        post_token(
+            service,
+            &format!(
+                "grant_type=password&username=alice&password=alice-password&service={SERVICE}&access_type=offline"
+            ),
+        )
+    };
+
+    for response in [offline_get(&without), offline_post(&without)] {
+        token_of(&response);
+        assert!(
+            response.json().get("refresh_token").is_none(),
+            "a refresh token without --refresh-tokens: {}",
+            response.text()
+        );
+    }
+
+    // Turned on, with the same key file and (hashed once per test binary) the
+    // same htpasswd entries.
+    let with = start_with_refresh_tokens(&key_path);
+    let issued = offline_get(&with);
+    token_of(&issued);
+    let refresh = issued.json()["refresh_token"].as_str().unwrap_or_default().to_string();
+    assert!(!refresh.is_empty(), "{}", issued.text());
+    let refresh_grant = |service: &Service| {
+        post_token(
+            service,
+            &format!("grant_type=refresh_token&refresh_token={refresh}&service={SERVICE}"),
+        )
+    };
+    token_of(&refresh_grant(&with));
+    // A refresh token from when they were on is refused once they are off.
+    let refused = refresh_grant(&without);
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "unsupported_grant_type", "{}", refused.text());
+    assert!(refused.json().get("token").is_none());
 }
