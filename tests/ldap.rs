@@ -407,6 +407,73 @@ async fn a_changed_password_ends_the_cached_login_after_the_ttl() {
 }
 
 #[tokio::test]
+async fn identical_logins_arriving_together_ask_the_directory_once() {
+    let slapd = start();
+    let single = directory(&slapd, &[]);
+    single.login("alice", "alice-pw").await.unwrap();
+    let one_login = single.stats().requests;
+
+    let directory = std::sync::Arc::new(directory(&slapd, &[]));
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let directory = std::sync::Arc::clone(&directory);
+        logins.spawn(async move { directory.login("alice", "alice-pw").await });
+    }
+    while let Some(login) = logins.join_next().await {
+        assert_eq!(login.unwrap().map(|l| l.groups().len()), Ok(3));
+    }
+    let stats = directory.stats();
+    assert_eq!(stats.requests, one_login, "{stats:?}");
+    assert_eq!(stats.shared + stats.cache_hits, 19, "{stats:?}");
+    assert_eq!(stats.logins_in_flight, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_waiting_login_takes_over_when_the_one_asking_goes_away() {
+    let slapd = start();
+    let directory = std::sync::Arc::new(directory(&slapd, &[]));
+    // Frozen: the first login waits for an answer while the second joins it.
+    slapd.pause().unwrap();
+    let login = |directory: &std::sync::Arc<Directory>| {
+        let directory = std::sync::Arc::clone(directory);
+        tokio::spawn(async move { directory.login("alice", "alice-pw").await })
+    };
+    let first = login(&directory);
+    eventually("the first login to be under way", Duration::from_secs(10), || async {
+        (directory.stats().logins_in_flight == 1).then_some(())
+    })
+    .await;
+    let second = login(&directory);
+    eventually(
+        "the second login to join the first",
+        Duration::from_secs(10),
+        || async { (directory.stats().shared == 1).then_some(()) },
+    )
+    .await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    slapd.resume().unwrap();
+    let second = second.await.unwrap();
+    assert_eq!(second.map(|l| l.user().to_string()), Ok("alice".to_string()));
+    assert_eq!(directory.stats().logins_in_flight, 0);
+
+    // Abandoned alone: nothing is left behind.
+    slapd.pause().unwrap();
+    let bob = {
+        let directory = std::sync::Arc::clone(&directory);
+        tokio::spawn(async move { directory.login("bob", "bob-pw").await })
+    };
+    eventually("bob's login to be under way", Duration::from_secs(10), || async {
+        (directory.stats().logins_in_flight == 1).then_some(())
+    })
+    .await;
+    bob.abort();
+    assert!(bob.await.unwrap_err().is_cancelled());
+    assert_eq!(directory.stats().logins_in_flight, 0);
+    slapd.resume().unwrap();
+}
+
+#[tokio::test]
 async fn starttls_and_ldaps_trust_the_configured_ca_only() {
     let slapd = start();
     let ca = quoted(&slapd.ca_file().display().to_string());

@@ -15,6 +15,8 @@ pub struct LdapStats {
     pub logins: u64,
     /// Logins answered from the cache, without a round trip.
     pub cache_hits: u64,
+    /// Logins that waited for an identical one already asking the directory.
+    pub shared: u64,
     /// Logins refused: unknown user, wrong or empty password, ambiguous user.
     pub refused: u64,
     /// Operations sent to the directory: connects, binds and searches.
@@ -26,6 +28,8 @@ pub struct LdapStats {
     pub outages: u64,
     /// Logins in the cache, expired ones included until they are looked up or pushed out.
     pub cached_logins: usize,
+    /// Distinct logins being asked of the directory right now.
+    pub logins_in_flight: usize,
 }
 
 pub(crate) struct Health {
@@ -33,6 +37,7 @@ pub(crate) struct Health {
     up: AtomicBool,
     pub(crate) logins: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
+    pub(crate) shared: AtomicU64,
     pub(crate) refused: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -48,6 +53,7 @@ impl Health {
             up: AtomicBool::new(true),
             logins: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -97,16 +103,18 @@ impl Health {
         }
     }
 
-    pub(crate) fn snapshot(&self, cached_logins: usize) -> LdapStats {
+    pub(crate) fn snapshot(&self, cached_logins: usize, logins_in_flight: usize) -> LdapStats {
         LdapStats {
             up: self.up.load(Ordering::SeqCst),
             logins: self.logins.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            shared: self.shared.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             outages: self.outages.load(Ordering::Relaxed),
             cached_logins,
+            logins_in_flight,
         }
     }
 }
@@ -118,13 +126,13 @@ mod tests {
     #[test]
     fn outages_count_transitions_not_failures() {
         let health = Health::new("ldap://h");
-        assert!(health.snapshot(0).up);
+        assert!(health.snapshot(0, 0).up);
         health.failed("connection refused");
         health.failed("connection refused");
         health.answered();
         health.answered();
         health.failed("timeout");
-        let stats = health.snapshot(0);
+        let stats = health.snapshot(0, 0);
         assert!(!stats.up);
         assert_eq!(stats.errors, 3);
         assert_eq!(stats.outages, 2);
@@ -136,7 +144,7 @@ mod tests {
         health.answered();
         health.problem("noSuchObject (32)");
         health.problem("noSuchObject (32)");
-        let stats = health.snapshot(0);
+        let stats = health.snapshot(0, 0);
         assert!(stats.up);
         assert_eq!((stats.errors, stats.outages), (2, 0));
     }

@@ -29,13 +29,16 @@ mod groups;
 mod health;
 mod settings;
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use ldap3::{Scope, SearchEntry};
+use tokio::sync::OnceCell;
 
-use cache::LoginCache;
+use cache::{CacheKey, LoginCache};
 use connection::{Bind, BindPool, Connector, Down, ServiceLink};
 use health::Health;
 
@@ -126,6 +129,8 @@ pub struct Directory {
     health: Arc<Health>,
     service: ServiceLink,
     binds: BindPool,
+    /// Logins being asked of the directory, with how many callers wait for each.
+    in_flight: Mutex<HashMap<CacheKey, (Arc<LoginCell>, usize)>>,
     /// Attributes read from a user entry: the name attribute and, if groups come from it,
     /// the membership attribute.
     user_attributes: Vec<String>,
@@ -157,6 +162,7 @@ impl Directory {
                 settings.service_account.clone(),
             ),
             binds: BindPool::new(connector, Arc::clone(&health)),
+            in_flight: Mutex::new(HashMap::new()),
             health,
             user_attributes,
             settings,
@@ -176,6 +182,17 @@ impl Directory {
             Health::count(&self.health.cache_hits);
             return Ok(login);
         }
+        // Identical logins arriving together (the parallel requests of one `docker pull`) ask
+        // the directory once. If the one asking goes away, a waiting one asks instead.
+        let participant = self.join_in_flight(key);
+        participant
+            .cell
+            .get_or_init(|| self.ask_directory(user, password, key))
+            .await
+            .clone()
+    }
+
+    async fn ask_directory(&self, user: &str, password: &str, key: CacheKey) -> Result<LdapLogin, LdapError> {
         let confirmed = Instant::now();
         let generation = self.cache.generation();
         let Some(entry) = self.find_user(user).await? else {
@@ -189,6 +206,20 @@ impl Directory {
         let login = LdapLogin::new(&self.name_in_directory(user, &entry), &entry.dn, groups);
         self.cache.insert(key, login.clone(), confirmed, generation);
         Ok(login)
+    }
+
+    fn join_in_flight(&self, key: CacheKey) -> InFlight<'_> {
+        let mut in_flight = lock(&self.in_flight);
+        let (cell, participants) = in_flight.entry(key).or_insert_with(|| (Arc::new(OnceCell::new()), 0));
+        if *participants > 0 {
+            Health::count(&self.health.shared);
+        }
+        *participants += 1;
+        InFlight {
+            directory: self,
+            key,
+            cell: Arc::clone(cell),
+        }
     }
 
     /// The groups of `user`, looked up with the service account only (no password, no cache):
@@ -225,7 +256,7 @@ impl Directory {
     }
 
     pub fn stats(&self) -> LdapStats {
-        self.health.snapshot(self.cache.len())
+        self.health.snapshot(self.cache.len(), lock(&self.in_flight).len())
     }
 
     pub fn settings(&self) -> &LdapSettings {
@@ -283,6 +314,34 @@ impl Directory {
             .find(|name| name.eq_ignore_ascii_case(typed));
         same.or(first).map_or_else(|| typed.to_string(), String::clone)
     }
+}
+
+type LoginCell = OnceCell<Result<LdapLogin, LdapError>>;
+
+/// One caller's share in a login being asked of the directory; the last to leave, done or
+/// cancelled, removes it, so abandoned logins do not pile up.
+struct InFlight<'a> {
+    directory: &'a Directory,
+    key: CacheKey,
+    cell: Arc<LoginCell>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.directory.in_flight);
+        if let Entry::Occupied(mut entry) = in_flight.entry(self.key) {
+            let participants = &mut entry.get_mut().1;
+            *participants = participants.saturating_sub(1);
+            if *participants == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// A panic elsewhere must not turn every later login into a panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for Directory {
