@@ -35,6 +35,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub logins: LoginSection,
     pub token: Option<TokenSection>,
+    pub ldap: Option<LdapSection>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -65,6 +66,37 @@ pub struct TokenSection {
     pub refresh_tokens: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub refresh_ttl: Option<Duration>,
+}
+
+/// `[ldap]`: present means users and groups also come from an LDAP directory
+/// (after the htpasswd file). Only `url` and `user_base` are required; see
+/// `crate::ldap::LdapSettings` for the defaults and what each key means.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSection {
+    /// `ldap://host[:port]` or `ldaps://host[:port]`.
+    pub url: String,
+    pub starttls: Option<bool>,
+    /// PEM file with the CA certificate(s) trusted for ldaps:// and StartTLS.
+    pub ca_file: Option<PathBuf>,
+    /// The service account that searches users and groups; absent: anonymous searches.
+    pub bind_dn: Option<String>,
+    /// The service account's password; the only place it is read from.
+    pub bind_password_file: Option<PathBuf>,
+    pub user_base: String,
+    /// `{user}` stands for the login name, escaped for a filter.
+    pub user_filter: Option<String>,
+    pub group_base: Option<String>,
+    /// `{dn}` stands for the user's (or, when nesting, a group's) DN, escaped for a filter.
+    pub group_filter: Option<String>,
+    /// Read groups from this attribute of the user entry (`memberOf`) instead of `group_filter`.
+    pub member_of_attribute: Option<String>,
+    pub group_name_attribute: Option<String>,
+    pub nested_groups: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub cache_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
 }
 
 /// Durations are written as `90s`, `5m`, `1h 30m`, `7d`.
@@ -150,6 +182,10 @@ impl ConfigFile {
         if let Some(token) = &mut self.token {
             token.key_file.as_mut().map(resolve);
         }
+        if let Some(ldap) = &mut self.ldap {
+            ldap.ca_file.as_mut().map(resolve);
+            ldap.bind_password_file.as_mut().map(resolve);
+        }
         if let Some(listen) = &mut self.listen {
             if let Some(socket) = listen.strip_prefix("unix:") {
                 if Path::new(socket).is_relative() && !socket.is_empty() {
@@ -180,6 +216,7 @@ impl ConfigFile {
         differs("[log]", self.log == other.log);
         differs("[logins]", self.logins == other.logins);
         differs("[token]", self.token == other.token);
+        differs("[ldap]", self.ldap == other.ldap);
         changed
     }
 }
@@ -294,5 +331,92 @@ refresh_ttl = "1d"
         let b = ConfigFile::parse("rules = \"a\"\n[log]\nfilter = \"warn\"\n").unwrap();
         assert_eq!(a.changed_keys(&b), vec!["[log]"]);
         assert!(a.changed_keys(&a.clone()).is_empty());
+    }
+    const LDAP_SECTION: &str = r#"
+[ldap]
+url = "ldap://127.0.0.1:3890"
+starttls = false
+ca_file = "/etc/csel-auth/ldap-ca.pem"
+bind_dn = "cn=csel-auth,dc=example,dc=org"
+bind_password_file = "/etc/csel-auth/ldap.password"
+user_base = "ou=people,dc=example,dc=org"
+user_filter = "(uid={user})"
+group_base = "ou=groups,dc=example,dc=org"
+group_filter = "(|(member={dn})(uniqueMember={dn}))"
+member_of_attribute = ""
+group_name_attribute = "cn"
+nested_groups = true
+cache_ttl = "5m"
+timeout = "3s"
+"#;
+
+    #[test]
+    fn ldap_section_parses_every_key() {
+        let config = ConfigFile::parse(LDAP_SECTION).unwrap();
+        let ldap = config.ldap.unwrap();
+        assert_eq!(ldap.url, "ldap://127.0.0.1:3890");
+        assert_eq!(ldap.starttls, Some(false));
+        assert_eq!(ldap.ca_file, Some(PathBuf::from("/etc/csel-auth/ldap-ca.pem")));
+        assert_eq!(ldap.bind_dn.as_deref(), Some("cn=csel-auth,dc=example,dc=org"));
+        assert_eq!(ldap.user_filter.as_deref(), Some("(uid={user})"));
+        assert_eq!(
+            ldap.group_filter.as_deref(),
+            Some("(|(member={dn})(uniqueMember={dn}))")
+        );
+        assert_eq!(ldap.member_of_attribute.as_deref(), Some(""));
+        assert_eq!(ldap.group_name_attribute.as_deref(), Some("cn"));
+        assert_eq!(ldap.nested_groups, Some(true));
+        assert_eq!(ldap.cache_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(ldap.timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn ldap_section_rejects_unknown_keys_and_inline_passwords() {
+        let error =
+            ConfigFile::parse("[ldap]\nurl = \"ldap://h\"\nuser_base = \"dc=x\"\nbind_password = \"s\"\n").unwrap_err();
+        assert!(error.contains("unknown field `bind_password`"), "{error}");
+        assert!(error.contains("line 4, column 1"), "{error}");
+        assert!(
+            error.contains("bind_password_file"),
+            "the expected keys are listed: {error}"
+        );
+        let error = ConfigFile::parse("[ldap]\nurl = \"ldap://h\"\n").unwrap_err();
+        assert!(error.contains("missing field `user_base`"), "{error}");
+        let error =
+            ConfigFile::parse("[ldap]\nurl = \"ldap://h\"\nuser_base = \"dc=x\"\ncache_ttl = \"later\"\n").unwrap_err();
+        assert!(error.contains("`later` is not a duration"), "{error}");
+    }
+
+    #[test]
+    fn ldap_paths_follow_the_file_and_changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csel-auth.toml");
+        std::fs::write(
+            &path,
+            "[ldap]\nurl = \"ldaps://h\"\nuser_base = \"dc=x\"\nca_file = \"ca.pem\"\nbind_password_file = \"/abs/pw\"\n",
+        )
+        .unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        let ldap = config.ldap.clone().unwrap();
+        assert_eq!(ldap.ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(ldap.bind_password_file, Some(PathBuf::from("/abs/pw")));
+        let mut other = config.clone();
+        other.ldap.as_mut().unwrap().nested_groups = Some(false);
+        assert_eq!(config.changed_keys(&other), vec!["[ldap]"]);
+    }
+    #[test]
+    fn the_example_ldap_section_parses_once_uncommented() {
+        let example = include_str!("../examples/csel-auth.toml");
+        let start = example.find("# [ldap]").expect("the example documents [ldap]");
+        let section: String = example[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        let ldap = config.ldap.unwrap();
+        assert_eq!(ldap.url, "ldaps://ldap.example.org");
+        assert_eq!(ldap.member_of_attribute.as_deref(), Some(""));
+        assert_eq!(ldap.timeout, Some(Duration::from_secs(3)));
     }
 }

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod diagnostic;
 mod grammar;
 pub mod identity;
+pub mod ldap;
 pub mod metrics;
 pub mod reload;
 pub mod request;
