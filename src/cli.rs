@@ -316,6 +316,9 @@ const EXIT_ERROR: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_closed_stdout();
+    }
     ExitCode::from(match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Check(args) => check(&args),
@@ -323,6 +326,17 @@ pub fn run() -> ExitCode {
         Command::Test(args) => test_command(&args),
         Command::Eval(args) => eval(&args),
     })
+}
+
+/// The operator commands print with `println!`, which panics when a reader
+/// such as `head` closes the pipe early; like other command-line tools, end
+/// silently instead (the default action of SIGPIPE, which Rust ignores).
+fn end_quietly_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default action; no handler code runs in this process.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore the default SIGPIPE action: {e}");
+    }
 }
 
 fn load_rules(path: &Path) -> Result<Rules, u8> {

@@ -1,4 +1,4 @@
-//! Docker token realm core (SPEC section 5): signing key, token issue and
+//! Docker token realm core (docs/token-realm.md): signing key, token issue and
 //! verification, scope parsing, token endpoint request parsing, challenges.
 //! No HTTP server code lives here.
 //!
@@ -24,7 +24,7 @@
 //!   the currently configured TTL is rejected, so shortening a TTL takes effect
 //!   for tokens already issued. Clock leeway is [`CLOCK_LEEWAY`].
 //! * The `access` claim is informational: every request is decided by the
-//!   current rules (SPEC 5). It is trimmed to keep every token under
+//!   current rules. It is trimmed to keep every token under
 //!   [`MAX_TOKEN_LEN`] (nginx's default header buffer is 8 KiB).
 //! * Token endpoint parameters: `scope` may repeat (each value may hold several
 //!   space-separated scopes); every other known parameter given twice is an

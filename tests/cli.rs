@@ -392,3 +392,27 @@ fn check_with_a_config_checks_the_files_it_names() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("broken.rules:1:15"), "{}", text(&o));
 }
+
+#[test]
+fn explain_into_a_closed_pipe_ends_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+        .args([
+            "explain",
+            "--rules",
+            "examples/registry.rules",
+            "--user",
+            "carol",
+            "GET",
+            "/v2/coolteam/app/manifests/1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before anything is read, as `| head -0` would.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

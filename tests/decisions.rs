@@ -99,7 +99,7 @@ fn honest_twins_of_the_attacks_are_allowed() {
     }
 }
 
-/// Every docker extra of SPEC §4, with the reason it gives.
+/// Every docker extra of docs/requests.md, with the reason it gives.
 #[test]
 fn docker_extras_give_their_reasons() {
     let rules = example_rules();

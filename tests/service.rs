@@ -1,4 +1,4 @@
-//! The service (SPEC sections 4 and 6) through the real binary: the outcome
+//! The service (docs/requests.md, docs/operations.md) through the real binary: the outcome
 //! table over TCP and a unix socket, throttling, keep-alive, panics, hot
 //! reload, the login cache, graceful shutdown and /metrics.
 //!
@@ -41,7 +41,7 @@ fn assert_status(response: &Response, status: u16, context: &str) {
     }
 }
 
-/// Every row of SPEC section 4's outcome table.
+/// Every row of the outcome table in docs/requests.md.
 fn check_outcome_table(service: &Service) {
     // allowed → 200 + X-Auth-User
     let response = service.auth("GET", LIBRARY, None);

@@ -1,4 +1,4 @@
-//! The docker token realm (SPEC section 5) through the real binary: the
+//! The docker token realm (docs/token-realm.md) through the real binary: the
 //! `/token` endpoint, Bearer challenges, tokens on `/auth`, and the key
 //! file shared across restarts and replicas.
 

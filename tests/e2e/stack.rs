@@ -27,7 +27,7 @@ use crate::harness::*;
 
 /// The `--token-service` of token-mode stacks.
 pub const TOKEN_SERVICE: &str = "csel-e2e";
-/// How long a rules change may take to be in force (the spec says 100 ms;
+/// How long a rules change may take to be in force (docs/operations.md says 100 ms;
 /// leave room for a busy CI machine, the wait ends as soon as it is).
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 

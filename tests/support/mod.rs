@@ -36,7 +36,7 @@ extern "C" {
 /// How long the service may take to answer /healthz after being started
 /// (generous: tests run in parallel on a small, shared machine).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// SPEC section 6: a new version of a watched file is in force within this.
+/// docs/operations.md, "Reload": a new version of a watched file is in force within this.
 pub const RELOAD_DEADLINE: Duration = Duration::from_millis(100);
 /// Socket timeout of the test client, so a hung server fails the test.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
