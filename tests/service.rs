@@ -788,7 +788,7 @@ fn metrics_cover_decisions_reloads_logins_and_latency() {
 }
 
 // ---------------------------------------------------------------------------
-// Password guessing, long names and htpasswd problems (issue 11)
+// Password guessing, long names and htpasswd problems
 
 /// One `/auth` subrequest for `user:pass` from client address `address`.
 fn login_from(service: &Service, address: &str, user: &str, pass: &str) -> Response {
