@@ -387,7 +387,15 @@ fn check(args: &CheckArgs) -> u8 {
         Ok(h) => h,
         Err(_) => return EXIT_NO,
     };
-    let known = htpasswd.as_ref().map(|h| move |user: &str| h.contains(user));
+    // A line that disables its user is an error here, though the service runs with the rest of
+    // the file; the rules are still checked against the whole file.
+    let disabled = htpasswd.as_ref().map_or(&[][..], |h| h.disabled());
+    for user in disabled {
+        eprintln!("error: {user}");
+    }
+    let known = htpasswd
+        .as_ref()
+        .map(|h| move |user: &str| h.contains(user) || h.is_disabled(user));
     let options = LintOptions {
         token_mode,
         known_users: known.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
@@ -404,6 +412,16 @@ fn check(args: &CheckArgs) -> u8 {
         rules.grants().len(),
         warnings.len()
     );
+    if let (Some(path), false) = (&args.htpasswd, disabled.is_empty()) {
+        println!(
+            "{}: {} htpasswd error{}: {} disabled",
+            path.display(),
+            disabled.len(),
+            if disabled.len() == 1 { "" } else { "s" },
+            disabled.iter().map(|d| d.user.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return EXIT_NO;
+    }
     EXIT_YES
 }
 
@@ -418,7 +436,9 @@ fn explain_command(args: &ExplainArgs) -> u8 {
     };
     let user = args.user.as_deref().filter(|u| *u != "anonymous");
     if let (Some(h), Some(u)) = (&htpasswd, user) {
-        if !h.contains(u) {
+        if h.is_disabled(u) {
+            println!("note: `{u}` is disabled in the htpasswd file (its line has an error): the service would answer 401 before any rule");
+        } else if !h.contains(u) {
             println!("note: `{u}` is not in the htpasswd file: the service would answer 401 before any rule");
         }
     }

@@ -6,12 +6,20 @@
 //! never stored, and editing an entry changes the key, which invalidates the cached success at
 //! once. Unknown users are checked against a dummy hash of the file's usual cost so that they
 //! take as long as a wrong password.
+//!
+//! bcrypt computations wait in a bounded queue for one of `max_concurrent_bcrypt` places. A check
+//! whose requests all went away (nginx gave up and closed the connection) leaves the queue without
+//! its bcrypt, and one still waiting at its deadline is answered without one, so a flood of
+//! abandoned logins cannot delay real ones for long. Checks that would start a bcrypt pass the
+//! [`LoginThrottle`]'s limits first; cached logins never do.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, NO_PAD};
@@ -22,11 +30,24 @@ use rand::RngCore;
 use sha2::Sha256;
 use tokio::sync::{watch, Semaphore};
 
+use crate::throttle::{LimitKind, LoginThrottle};
+
 /// The largest htpasswd file read, at start and on reload (about 400 000 users).
 pub const MAX_HTPASSWD_BYTES: u64 = crate::rules::MAX_RULES_BYTES;
 
 /// The longest `Authorization` header value accepted; longer ones are rejected before decoding.
 pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
+
+/// The longest user name, in bytes, that a login may name: a longer one is refused before
+/// anything about it is stored or computed.
+pub const MAX_USER_NAME_BYTES: usize = 256;
+
+/// Checks waiting for a bcrypt place at most (a flood beyond it is refused at once).
+pub const MAX_BCRYPT_QUEUE: usize = 1024;
+
+/// How long a check waits for a bcrypt place before it is answered without one: well under the
+/// 30 s `proxy_read_timeout` of the nginx snippet, so the answer comes before nginx gives up.
+pub const BCRYPT_QUEUE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Cost of the dummy hash when the htpasswd file has no entries to copy it from.
 const DEFAULT_DUMMY_COST: u32 = 10;
@@ -56,6 +77,30 @@ pub struct Htpasswd {
     /// A random, well-formed bcrypt hash no password matches, with the file's most common cost;
     /// unknown users are verified against it so they cost the same time as a wrong password.
     dummy_hash: String,
+    /// Users whose line has a problem that concerns them alone (a hash that is not bcrypt): they
+    /// cannot log in, and the rest of the file is in force.
+    disabled: Vec<DisabledUser>,
+}
+
+/// A user who cannot log in because of their line in the htpasswd file. `Display` names the file,
+/// the line and the problem, as a load error does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledUser {
+    pub user: String,
+    pub file: String,
+    pub line: usize,
+    pub problem: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for DisabledUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}, {}; user {:?} is disabled until the line is fixed",
+            self.file, self.line, self.problem, self.expected, self.user
+        )
+    }
 }
 
 /// Why an htpasswd file could not be loaded. `Display` names the file (and line) to fix.
@@ -81,11 +126,18 @@ type LineProblem = (String, &'static str);
 
 impl Htpasswd {
     /// Parses htpasswd text; `file_name` only appears in error messages.
+    ///
+    /// A line that cannot be read as `user:hash`, a reserved or malformed user name, and a user
+    /// listed twice make the whole file an error: which entry was meant is unclear. A hash that is
+    /// not a usable bcrypt hash (another scheme, a typo) only disables its user, who is then
+    /// refused like an unknown user; the problem is logged as an error with the file and line, and
+    /// listed by [`Htpasswd::disabled`].
     pub fn parse(file_name: &str, text: &str) -> Result<Htpasswd, HtpasswdError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut hashes = BTreeMap::new();
         let mut line_of_user: HashMap<&str, usize> = HashMap::new();
         let mut users_per_cost: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut disabled = Vec::new();
 
         for (index, raw_line) in text.split('\n').enumerate() {
             let line_number = index + 1;
@@ -109,7 +161,6 @@ impl Htpasswd {
                 )));
             };
             check_user_name(user).map_err(line_error)?;
-            let cost = check_bcrypt_hash(user, hash).map_err(line_error)?;
             if let Some(first_line) = line_of_user.get(user) {
                 return Err(line_error((
                     format!("duplicate user {user:?} (first defined on line {first_line})"),
@@ -117,8 +168,22 @@ impl Htpasswd {
                 )));
             }
             line_of_user.insert(user, line_number);
-            hashes.insert(user.to_string(), hash.to_string());
-            *users_per_cost.entry(cost).or_default() += 1;
+            match check_login_name(user).and_then(|()| check_bcrypt_hash(user, hash)) {
+                Ok(cost) => {
+                    hashes.insert(user.to_string(), hash.to_string());
+                    *users_per_cost.entry(cost).or_default() += 1;
+                }
+                Err((problem, expected)) => disabled.push(DisabledUser {
+                    user: user.to_string(),
+                    file: file_name.to_string(),
+                    line: line_number,
+                    problem,
+                    expected,
+                }),
+            }
+        }
+        for user in &disabled {
+            tracing::error!(target: "csel_auth::htpasswd", "{user}");
         }
 
         // The most common cost; on a tie the higher one, so unknown users are never cheaper.
@@ -129,6 +194,7 @@ impl Htpasswd {
         Ok(Htpasswd {
             hashes,
             dummy_hash: random_unmatchable_bcrypt_hash(dummy_cost),
+            disabled,
         })
     }
 
@@ -164,11 +230,23 @@ impl Htpasswd {
         Htpasswd {
             hashes: BTreeMap::new(),
             dummy_hash: random_unmatchable_bcrypt_hash(DEFAULT_DUMMY_COST),
+            disabled: Vec::new(),
         }
     }
 
+    /// Whether `user` can log in (is listed, and not disabled).
     pub fn contains(&self, user: &str) -> bool {
         self.hashes.contains_key(user)
+    }
+
+    /// Users listed in the file who cannot log in, in file order.
+    pub fn disabled(&self) -> &[DisabledUser] {
+        &self.disabled
+    }
+
+    /// Whether `user` is listed but disabled.
+    pub fn is_disabled(&self, user: &str) -> bool {
+        self.disabled.iter().any(|d| d.user == user)
     }
 
     /// The user names, in sorted order.
@@ -209,6 +287,7 @@ impl fmt::Debug for Htpasswd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Htpasswd")
             .field("users", &self.hashes.keys().collect::<Vec<_>>())
+            .field("disabled", &self.disabled.iter().map(|d| &d.user).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +315,21 @@ fn check_user_name(user: &str) -> Result<(), LineProblem> {
         return Err((
             "user name \"anonymous\" is reserved for requests without credentials".to_string(),
             "expected a different user name",
+        ));
+    }
+    Ok(())
+}
+
+/// A name no login can send is a user who can never log in.
+fn check_login_name(user: &str) -> Result<(), LineProblem> {
+    if user.len() > MAX_USER_NAME_BYTES {
+        return Err((
+            format!(
+                "user name {:?}… is {} bytes long, more than the {MAX_USER_NAME_BYTES} a login may send",
+                user.chars().take(32).collect::<String>(),
+                user.len()
+            ),
+            "expected a shorter user name",
         ));
     }
     Ok(())
@@ -502,6 +596,50 @@ fn name_of_other_scheme(scheme: &[u8]) -> &'static str {
 type HmacSha256 = Hmac<Sha256>;
 type CacheKey = [u8; 32];
 
+/// What became of a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// The password is right.
+    Accepted,
+    /// A wrong password, or a user who is unknown or disabled (one bcrypt, as for any check).
+    Refused,
+    /// A user name longer than [`MAX_USER_NAME_BYTES`]: refused before anything was stored.
+    NameTooLong,
+    /// Too many failed logins: refused without checking the password.
+    Limited(LimitKind),
+    /// Not checked, the bcrypt queue being full or this check having waited until its deadline.
+    Overloaded(Overload),
+}
+
+impl Login {
+    pub fn is_accepted(self) -> bool {
+        self == Login::Accepted
+    }
+}
+
+/// Why a check was answered without a bcrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    QueueFull,
+    Deadline,
+}
+
+impl Overload {
+    pub fn label(self) -> &'static str {
+        match self {
+            Overload::QueueFull => "queue_full",
+            Overload::Deadline => "deadline",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Overload::QueueFull => "the bcrypt queue is full",
+            Overload::Deadline => "no bcrypt place came free before the deadline",
+        }
+    }
+}
+
 /// Checks passwords against an [`Htpasswd`], running bcrypt at most once per
 /// (user, password, htpasswd entry) while the success stays cached. Share it via `Arc`.
 pub struct Verifier {
@@ -512,21 +650,68 @@ struct VerifierState {
     /// HMAC keyed with a random per-process secret; cloned for every key derivation.
     keyed_mac: HmacSha256,
     successes: Mutex<SuccessCache>,
-    /// Checks being computed, so concurrent requests with the same credentials wait for one
-    /// bcrypt. Lock order: `in_flight` before `successes`.
-    in_flight: Mutex<HashMap<CacheKey, watch::Receiver<Option<bool>>>>,
+    /// Checks queued or being computed, so concurrent requests with the same credentials wait for
+    /// one bcrypt. Lock order: `in_flight` before `successes` and the throttle's lock.
+    in_flight: Mutex<HashMap<CacheKey, Arc<Check>>>,
     bcrypt_permits: Arc<Semaphore>,
+    throttle: Option<Arc<LoginThrottle>>,
+    queue_deadline: Duration,
+    max_queue: usize,
     bcrypt_checks: AtomicU64,
     cache_hits: AtomicU64,
     shared_waits: AtomicU64,
     bcrypt_running: AtomicUsize,
     bcrypt_running_peak: AtomicUsize,
+    queued: AtomicUsize,
+    abandoned: AtomicU64,
+    overloaded: [AtomicU64; 2],
+    limited: [AtomicU64; 3],
+    long_names: AtomicU64,
 }
+
+/// One queued or running check, shared by the requests waiting for it.
+struct Check {
+    /// `closed()` tells when every waiting request has gone away.
+    outcome: watch::Sender<Option<CheckOutcome>>,
+    user: String,
+    /// Addresses of the requests that asked (the first is the one admitted by the throttle), each
+    /// once, so that a failure counts for each, also when they have gone away.
+    clients: Mutex<Vec<Option<IpAddr>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckOutcome {
+    Verified(bool),
+    Deadline,
+}
+
+/// Addresses remembered per check; more requests with the same credentials still share it.
+const MAX_CLIENTS_PER_CHECK: usize = 64;
 
 impl Verifier {
     /// `cache_capacity` successful checks are remembered (0 disables the cache); at most
-    /// `max_concurrent_bcrypt` bcrypt computations run at once (at least 1).
+    /// `max_concurrent_bcrypt` bcrypt computations run at once (at least 1). No failed-login
+    /// limits (see [`Verifier::with_limits`]).
     pub fn new(cache_capacity: usize, max_concurrent_bcrypt: usize) -> Verifier {
+        Verifier::with_limits(
+            cache_capacity,
+            max_concurrent_bcrypt,
+            None,
+            BCRYPT_QUEUE_DEADLINE,
+            MAX_BCRYPT_QUEUE,
+        )
+    }
+
+    /// As [`Verifier::new`]; a check that needs a bcrypt must first be admitted by `throttle`,
+    /// waits at most `queue_deadline` for a bcrypt place, and is refused at once when `max_queue`
+    /// checks are waiting already.
+    pub fn with_limits(
+        cache_capacity: usize,
+        max_concurrent_bcrypt: usize,
+        throttle: Option<Arc<LoginThrottle>>,
+        queue_deadline: Duration,
+        max_queue: usize,
+    ) -> Verifier {
         let mut secret = [0u8; 64];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         Verifier {
@@ -535,58 +720,101 @@ impl Verifier {
                 successes: Mutex::new(SuccessCache::new(cache_capacity)),
                 in_flight: Mutex::new(HashMap::new()),
                 bcrypt_permits: Arc::new(Semaphore::new(max_concurrent_bcrypt.max(1))),
+                throttle,
+                queue_deadline,
+                max_queue,
                 bcrypt_checks: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
                 shared_waits: AtomicU64::new(0),
                 bcrypt_running: AtomicUsize::new(0),
                 bcrypt_running_peak: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
+                abandoned: AtomicU64::new(0),
+                overloaded: Default::default(),
+                limited: Default::default(),
+                long_names: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Whether `password` is `user`'s password. bcrypt runs on the blocking thread pool; a
-    /// caller that goes away does not cancel a computation others may be waiting for.
+    /// Whether `password` is `user`'s password ([`Verifier::login`] without a client address).
     pub async fn verify(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str) -> bool {
+        self.login(htpasswd, user, password, None).await.is_accepted()
+    }
+
+    /// Checks `user`'s `password`, sent from `client`. A cached success answers at once; a check
+    /// of the same credentials already queued or running is waited for; otherwise, once the
+    /// throttle admits it, a new check waits for a bcrypt place on the blocking thread pool. The
+    /// throttle learns every outcome, also when the request went away before it.
+    pub async fn login(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str, client: Option<IpAddr>) -> Login {
+        let shared = &self.shared;
+        if user.len() > MAX_USER_NAME_BYTES {
+            shared.long_names.fetch_add(1, Ordering::Relaxed);
+            return Login::NameTooLong;
+        }
         let (hash, user_exists) = htpasswd.hash_to_check(user);
-        let key = self.shared.cache_key(user, password, hash);
+        let key = shared.cache_key(user, password, hash);
         let mut outcome = {
-            let mut in_flight = lock(&self.shared.in_flight);
+            let mut in_flight = lock(&shared.in_flight);
             // Checked under the `in_flight` lock: a finishing computation caches its success
             // before it leaves `in_flight`, so we see one or the other and never run twice.
-            if lock(&self.shared.successes).touch(&key) {
-                self.shared.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return user_exists;
+            if lock(&shared.successes).touch(&key) {
+                shared.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return if user_exists { Login::Accepted } else { Login::Refused };
             }
             match in_flight.get(&key) {
-                Some(running) => {
-                    self.shared.shared_waits.fetch_add(1, Ordering::Relaxed);
-                    running.clone()
+                Some(check) => {
+                    shared.shared_waits.fetch_add(1, Ordering::Relaxed);
+                    check.add_client(client);
+                    // Subscribed under the lock: an abandoned check leaves `in_flight` under it too.
+                    check.outcome.subscribe()
                 }
                 None => {
+                    if let Some(throttle) = &shared.throttle {
+                        if let Err(limit) = throttle.admit(user, client) {
+                            shared.limited[limit as usize].fetch_add(1, Ordering::Relaxed);
+                            return Login::Limited(limit);
+                        }
+                    }
+                    if shared.queued.load(Ordering::SeqCst) >= shared.max_queue {
+                        shared.overloaded[Overload::QueueFull as usize].fetch_add(1, Ordering::Relaxed);
+                        if let Some(throttle) = &shared.throttle {
+                            throttle.give_back(user, client);
+                        }
+                        return Login::Overloaded(Overload::QueueFull);
+                    }
                     let (sender, receiver) = watch::channel(None);
-                    in_flight.insert(key, receiver.clone());
-                    tokio::spawn(compute_and_publish(
-                        Arc::clone(&self.shared),
-                        key,
-                        password.to_string(),
-                        hash.to_string(),
-                        sender,
-                    ));
+                    let check = Arc::new(Check {
+                        outcome: sender,
+                        user: user.to_string(),
+                        clients: Mutex::new(vec![client]),
+                    });
+                    in_flight.insert(key, Arc::clone(&check));
+                    // Counted here, not in the task: a burst sees its own queue at once.
+                    let queued = Queued::new(shared);
+                    tokio::spawn(run_check(queued, key, check, password.to_string(), hash.to_string()));
                     receiver
                 }
             }
         };
-        let verified = match outcome.wait_for(Option::is_some).await {
-            Ok(published) => published.unwrap_or(false),
-            // The computation vanished (runtime shutting down): fail closed.
-            Err(_) => false,
+        let published = match outcome.wait_for(Option::is_some).await {
+            Ok(published) => *published,
+            // The check vanished (runtime shutting down): fail closed.
+            Err(_) => None,
         };
-        user_exists && verified
+        match published {
+            Some(CheckOutcome::Verified(true)) if user_exists => Login::Accepted,
+            Some(CheckOutcome::Deadline) => Login::Overloaded(Overload::Deadline),
+            _ => Login::Refused,
+        }
     }
 
     /// Same as [`Verifier::verify`], computing on the calling thread (for the CLI). Shares the
-    /// cache but not the concurrency limit.
+    /// cache but not the concurrency limit, the queue or the throttle.
     pub fn verify_blocking(&self, htpasswd: &Htpasswd, user: &str, password: &str) -> bool {
+        if user.len() > MAX_USER_NAME_BYTES {
+            return false;
+        }
         let (hash, user_exists) = htpasswd.hash_to_check(user);
         let key = self.shared.cache_key(user, password, hash);
         if lock(&self.shared.successes).touch(&key) {
@@ -624,6 +852,32 @@ impl Verifier {
     pub fn bcrypt_in_progress(&self) -> usize {
         self.shared.bcrypt_running.load(Ordering::Relaxed)
     }
+
+    /// Checks waiting for a bcrypt place right now.
+    pub fn queue_length(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// Checks that left the queue without a bcrypt because every request waiting for them went
+    /// away.
+    pub fn abandoned(&self) -> u64 {
+        self.shared.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Checks answered without a bcrypt for `why`.
+    pub fn overloaded(&self, why: Overload) -> u64 {
+        self.shared.overloaded[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Checks the throttle refused for `limit`.
+    pub fn limited(&self, limit: LimitKind) -> u64 {
+        self.shared.limited[limit as usize].load(Ordering::Relaxed)
+    }
+
+    /// Logins refused for a user name longer than [`MAX_USER_NAME_BYTES`].
+    pub fn long_names(&self) -> u64 {
+        self.shared.long_names.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for Verifier {
@@ -632,6 +886,7 @@ impl fmt::Debug for Verifier {
             .field("bcrypt_checks", &self.bcrypt_checks())
             .field("cache_hits", &self.cache_hits())
             .field("cached_successes", &self.cached_successes())
+            .field("queue_length", &self.queue_length())
             .finish_non_exhaustive()
     }
 }
@@ -655,49 +910,137 @@ impl VerifierState {
         self.bcrypt_running.fetch_sub(1, Ordering::SeqCst);
         verified
     }
+
+    /// Removes `check` from `in_flight` if no request waits for it any more. Under the lock that
+    /// new waiters subscribe under, so none can join a check that is going away.
+    fn abandon_if_unwatched(&self, key: &CacheKey, check: &Arc<Check>) -> bool {
+        let mut in_flight = lock(&self.in_flight);
+        if check.outcome.receiver_count() > 0 {
+            return false;
+        }
+        if in_flight.get(key).is_some_and(|current| Arc::ptr_eq(current, check)) {
+            in_flight.remove(key);
+        }
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
-/// Runs one bcrypt for everyone waiting on `key`, caches a success, then publishes the outcome.
-async fn compute_and_publish(
-    shared: Arc<VerifierState>,
-    key: CacheKey,
-    password: String,
-    hash: String,
-    outcome: watch::Sender<Option<bool>>,
-) {
+impl Check {
+    fn add_client(&self, client: Option<IpAddr>) {
+        let mut clients = lock(&self.clients);
+        if clients.len() < MAX_CLIENTS_PER_CHECK && !clients.contains(&client) {
+            clients.push(client);
+        }
+    }
+}
+
+/// Counts a check as queued until dropped.
+struct Queued(Arc<VerifierState>);
+
+impl Queued {
+    fn new(shared: &Arc<VerifierState>) -> Queued {
+        shared.queued.fetch_add(1, Ordering::SeqCst);
+        Queued(Arc::clone(shared))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits for a bcrypt place, runs one bcrypt for everyone waiting on `key`, caches a success,
+/// tells the throttle, then publishes the outcome. Leaves the queue without a bcrypt when every
+/// waiting request has gone away, and answers [`CheckOutcome::Deadline`] when no place came free in
+/// time.
+async fn run_check(queued: Queued, key: CacheKey, check: Arc<Check>, password: String, hash: String) {
+    let shared = Arc::clone(&queued.0);
     // Leaves `in_flight` even if this task is dropped midway; waiters then see a closed channel.
     let registration = InFlightRegistration {
         shared: Arc::clone(&shared),
         key,
+        check: Arc::clone(&check),
     };
-    let verified = match Arc::clone(&shared.bcrypt_permits).acquire_owned().await {
-        Ok(permit) => {
-            let worker = Arc::clone(&shared);
-            tokio::task::spawn_blocking(move || {
-                // The permit lives as long as the computation, even if this task is dropped.
-                let _permit = permit;
-                worker.run_bcrypt(&password, &hash)
-            })
-            .await
-            .unwrap_or(false)
+    let acquire = Arc::clone(&shared.bcrypt_permits).acquire_owned();
+    let deadline = tokio::time::sleep(shared.queue_deadline);
+    tokio::pin!(acquire, deadline);
+    let permit = loop {
+        tokio::select! {
+            biased;
+            permit = &mut acquire => match permit {
+                Ok(permit) => break permit,
+                Err(_closed) => {
+                    drop(registration);
+                    check.outcome.send_replace(Some(CheckOutcome::Verified(false)));
+                    return;
+                }
+            },
+            () = check.outcome.closed() => {
+                if shared.abandon_if_unwatched(&key, &check) {
+                    return;
+                }
+                // Someone joined as the last one left: keep the place in the queue.
+            }
+            () = &mut deadline => {
+                shared.overloaded[Overload::Deadline as usize].fetch_add(1, Ordering::Relaxed);
+                // No bcrypt ran: the admitted request's checks are given back.
+                if let (Some(throttle), Some(client)) = (&shared.throttle, lock(&check.clients).first().copied()) {
+                    throttle.give_back(&check.user, client);
+                }
+                drop(registration);
+                check.outcome.send_replace(Some(CheckOutcome::Deadline));
+                return;
+            }
         }
-        Err(_closed) => false,
     };
+    drop(queued);
+    // The place came free after the last request left, before this task noticed.
+    if shared.abandon_if_unwatched(&key, &check) {
+        return;
+    }
+    let worker = Arc::clone(&shared);
+    let verified = tokio::task::spawn_blocking(move || {
+        // The permit lives as long as the computation, even if this task is dropped.
+        let _permit = permit;
+        worker.run_bcrypt(&password, &hash)
+    })
+    .await
+    .unwrap_or(false);
     if verified {
         lock(&shared.successes).insert(key);
     }
+    if let Some(throttle) = &shared.throttle {
+        let clients = lock(&check.clients).clone();
+        for client in clients {
+            if verified {
+                throttle.record_success(&check.user, client);
+            } else {
+                throttle.record_failure(&check.user, client);
+            }
+        }
+    }
     drop(registration);
-    outcome.send_replace(Some(verified));
+    check.outcome.send_replace(Some(CheckOutcome::Verified(verified)));
 }
 
 struct InFlightRegistration {
     shared: Arc<VerifierState>,
     key: CacheKey,
+    check: Arc<Check>,
 }
 
 impl Drop for InFlightRegistration {
     fn drop(&mut self) {
-        lock(&self.shared.in_flight).remove(&self.key);
+        let mut in_flight = lock(&self.shared.in_flight);
+        // A newer check of the same credentials may have taken the key since this one left.
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.check))
+        {
+            in_flight.remove(&self.key);
+        }
     }
 }
 
@@ -825,30 +1168,84 @@ mod tests {
         }
     }
 
-    /// Cases in tests/data/htpasswd_errors.txt: `<line number>|<fragment of the error>|<file>`,
-    /// the file with `\n`, `\r`, `\t` and `\xNN` escapes; `HASH` stands for a valid cost-4 hash.
+    /// Cases in tests/data/htpasswd_errors.txt: `<error|disabled>|<line number>|<fragment of the
+    /// message>|<file>`, the file with `\n`, `\r`, `\t` and `\xNN` escapes; `HASH` stands for a
+    /// valid cost-4 hash.
     #[test]
     fn htpasswd_errors_name_file_line_and_expectation() {
         let valid_hash = cost4("pw");
         let cases = include_str!("../tests/data/htpasswd_errors.txt");
-        let mut checked = 0;
+        let (mut errors, mut disabled) = (0, 0);
         for case in cases.lines() {
             if case.trim().is_empty() || case.starts_with('#') {
                 continue;
             }
-            let mut fields = case.splitn(3, '|');
-            let (Some(line), Some(fragment), Some(file)) = (fields.next(), fields.next(), fields.next()) else {
+            let mut fields = case.splitn(4, '|');
+            let (Some(outcome), Some(line), Some(fragment), Some(file)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
                 panic!("malformed case {case:?}");
             };
             let text = unescape(file).replace("HASH", &valid_hash);
-            let message = parse_error(&text);
+            let message = match outcome {
+                "error" => {
+                    errors += 1;
+                    parse_error(&text)
+                }
+                "disabled" => {
+                    disabled += 1;
+                    let parsed = match Htpasswd::parse("users.htpasswd", &text) {
+                        Ok(parsed) => parsed,
+                        Err(error) => panic!("{case:?} refused the whole file: {error}"),
+                    };
+                    let [user] = parsed.disabled() else {
+                        panic!("{case:?}: disabled {:?}", parsed.disabled());
+                    };
+                    assert_eq!(user.line.to_string(), line, "{case:?}");
+                    assert!(!parsed.contains(&user.user), "{case:?}");
+                    assert!(parsed.is_disabled(&user.user), "{case:?}");
+                    let verifier = Verifier::new(4, 1);
+                    assert!(!verifier.verify_blocking(&parsed, &user.user, "pw"), "{case:?}");
+                    // The other users of the file are in force.
+                    for other in text.lines().filter_map(|l| l.split_once(':')).map(|(u, _)| u) {
+                        if other != user.user {
+                            assert!(parsed.contains(other), "{case:?}: {other} lost");
+                        }
+                    }
+                    let message = user.to_string();
+                    assert!(message.contains(" is disabled"), "{message}");
+                    message
+                }
+                other => panic!("unknown outcome {other:?} in {case:?}"),
+            };
             let prefix = format!("users.htpasswd:{line}: ");
             assert!(message.starts_with(&prefix), "{case:?} gave {message:?}");
             assert!(message.contains(fragment), "{case:?} gave {message:?}");
             assert!(message.contains(", expected "), "{case:?} gave {message:?}");
-            checked += 1;
         }
-        assert!(checked >= 20, "only {checked} cases");
+        assert!(errors >= 15 && disabled >= 25, "only {errors} + {disabled} cases");
+    }
+
+    #[test]
+    fn a_bad_hash_disables_its_user_and_the_rest_of_the_file_loads() {
+        let text = format!(
+            "alice:{}\nerin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\nfrank:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\n{APACHE_CAROL}\n",
+            cost4("alice-pw")
+        );
+        let parsed = htpasswd(&text);
+        assert_eq!(parsed.users().collect::<Vec<_>>(), ["alice", "carol"]);
+        let disabled: Vec<(&str, usize)> = parsed.disabled().iter().map(|d| (d.user.as_str(), d.line)).collect();
+        assert_eq!(disabled, [("erin", 2), ("frank", 3)]);
+        let verifier = Verifier::new(8, 1);
+        assert!(verifier.verify_blocking(&parsed, "alice", "alice-pw"));
+        assert!(verifier.verify_blocking(&parsed, "carol", CAROL_PASSWORD));
+        assert!(!verifier.verify_blocking(&parsed, "erin", "anything"));
+        // A disabled user costs the same bcrypt as an unknown one, and has no refresh binding.
+        assert_eq!(verifier.bcrypt_checks(), 3);
+        assert_eq!(parsed.entry_fingerprint("erin"), None);
+        // The hash is never quoted, not even in the Debug output.
+        let shown = format!("{parsed:?} {}", parsed.disabled()[1]);
+        assert!(!shown.contains("5en6G6") && !shown.contains("yk3TsPJK"), "{shown}");
     }
 
     fn unescape(text: &str) -> String {
@@ -879,10 +1276,19 @@ mod tests {
 
     #[test]
     fn errors_never_quote_the_hash() {
-        let message = parse_error("plain:MySecretPassword\n");
+        let disabled_message = |text: &str| match htpasswd(text).disabled() {
+            [user] => user.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let message = disabled_message("plain:MySecretPassword\n");
         assert!(!message.contains("MySecretPassword"), "{message}");
-        let message = parse_error("sha:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n");
+        let message = disabled_message("sha:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n");
         assert!(!message.contains("5en6G6"), "{message}");
+        let message = parse_error("sha:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\nsha:MySecretPassword\n");
+        assert!(
+            !message.contains("5en6G6") && !message.contains("MySecret"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1194,28 +1600,202 @@ mod tests {
         });
     }
 
+    /// Yields to the runtime until `condition` holds; fails after 20 s.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A hash whose bcrypt keeps the only bcrypt place busy while a test queues checks behind it.
+    fn slow_hash(password: &str) -> String {
+        match bcrypt::hash(password, 11) {
+            Ok(hash) => hash,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    const CLIENT: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
+    const OTHER_CLIENT: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)));
+
+    fn spawn_login(
+        verifier: &Arc<Verifier>,
+        users: &Arc<Htpasswd>,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> tokio::task::JoinHandle<Login> {
+        let (verifier, users) = (Arc::clone(verifier), Arc::clone(users));
+        let (user, password) = (user.to_string(), password.to_string());
+        tokio::spawn(async move { verifier.login(&users, &user, &password, client).await })
+    }
+
     #[test]
-    fn an_abandoned_check_still_completes_for_the_others() {
+    fn checks_every_request_abandoned_leave_the_queue_without_a_bcrypt() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("slow:{}\n", slow_hash("slow-pw")));
+            let verifier = Arc::new(Verifier::new(8, 1));
+            let busy = spawn_login(&verifier, &users, "slow", "wrong", None);
+            until("the slow check to run", || verifier.bcrypt_in_progress() == 1).await;
+            // Requests queue behind it, then their clients hang up (hyper drops their futures).
+            let waiting: Vec<_> = (0..20)
+                .map(|i| spawn_login(&verifier, &users, &format!("ghost{i}"), "x", None))
+                .collect();
+            until("20 checks queued", || verifier.queue_length() == 20).await;
+            for request in &waiting {
+                request.abort();
+            }
+            until("the queue to empty", || verifier.queue_length() == 0).await;
+            assert_eq!(verifier.abandoned(), 20);
+            assert!(matches!(busy.await, Ok(Login::Refused)));
+            assert_eq!(verifier.bcrypt_checks(), 1, "no abandoned check ran");
+            until("in_flight to empty", || lock(&verifier.shared.in_flight).is_empty()).await;
+        });
+    }
+
+    #[test]
+    fn a_check_kept_by_one_request_survives_the_other_leaving() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("slow:{}\nalice:{}\n", slow_hash("slow-pw"), cost4("pw")));
+            let verifier = Arc::new(Verifier::new(8, 1));
+            let busy = spawn_login(&verifier, &users, "slow", "wrong", None);
+            until("the slow check to run", || verifier.bcrypt_in_progress() == 1).await;
+            let first = spawn_login(&verifier, &users, "alice", "pw", CLIENT);
+            until("alice's check queued", || verifier.queue_length() == 1).await;
+            let second = spawn_login(&verifier, &users, "alice", "pw", OTHER_CLIENT);
+            until("the second request to join", || verifier.shared_waits() == 1).await;
+            first.abort();
+            assert!(matches!(second.await, Ok(Login::Accepted)));
+            assert!(matches!(busy.await, Ok(Login::Refused)));
+            assert_eq!((verifier.bcrypt_checks(), verifier.abandoned()), (2, 0));
+        });
+    }
+
+    #[test]
+    fn a_check_still_waiting_at_its_deadline_is_answered_without_a_bcrypt() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("slow:{}\nalice:{}\n", slow_hash("slow-pw"), cost4("pw")));
+            let throttle = Arc::new(LoginThrottle::new(100));
+            let verifier = Arc::new(Verifier::with_limits(
+                8,
+                1,
+                Some(Arc::clone(&throttle)),
+                Duration::from_millis(50),
+                MAX_BCRYPT_QUEUE,
+            ));
+            let busy = spawn_login(&verifier, &users, "slow", "wrong", None);
+            until("the slow check to run", || verifier.bcrypt_in_progress() == 1).await;
+            let entries = throttle.tracked_entries();
+            let late = verifier.login(&users, "alice", "pw", CLIENT).await;
+            assert_eq!(late, Login::Overloaded(Overload::Deadline));
+            assert_eq!(verifier.overloaded(Overload::Deadline), 1);
+            // No guess was made: the throttle got its checks back.
+            assert_eq!(throttle.tracked_entries(), entries);
+            assert!(matches!(busy.await, Ok(Login::Refused)));
+            assert_eq!(verifier.bcrypt_checks(), 1);
+            assert_eq!(verifier.queue_length(), 0);
+        });
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("slow:{}\n", slow_hash("slow-pw")));
+            let verifier = Arc::new(Verifier::with_limits(8, 1, None, BCRYPT_QUEUE_DEADLINE, 2));
+            let busy = spawn_login(&verifier, &users, "slow", "wrong", None);
+            until("the slow check to run", || verifier.bcrypt_in_progress() == 1).await;
+            let queued: Vec<_> = (0..2)
+                .map(|i| spawn_login(&verifier, &users, &format!("ghost{i}"), "x", None))
+                .collect();
+            until("2 checks queued", || verifier.queue_length() == 2).await;
+            let refused = verifier.login(&users, "ghost9", "x", None).await;
+            assert_eq!(refused, Login::Overloaded(Overload::QueueFull));
+            assert_eq!(verifier.overloaded(Overload::QueueFull), 1);
+            for request in queued {
+                assert!(matches!(request.await, Ok(Login::Refused)));
+            }
+            assert!(matches!(busy.await, Ok(Login::Refused)));
+            assert_eq!(verifier.bcrypt_checks(), 3);
+        });
+    }
+
+    #[test]
+    fn long_user_names_are_refused_before_anything_is_stored() {
         new_runtime().block_on(async {
             let users = htpasswd(&format!("alice:{}\n", cost4("pw")));
-            let verifier = Verifier::new(8, 1);
-            // Polled once (which starts the computation), then dropped, like a request whose
-            // client hung up.
-            let abandoned =
-                tokio::time::timeout(std::time::Duration::ZERO, verifier.verify(&users, "alice", "pw")).await;
-            drop(abandoned);
-            assert!(verifier.verify(&users, "alice", "pw").await);
-            assert_eq!(verifier.bcrypt_checks(), 1);
-            // The computation caches its success a moment before it leaves
-            // `in_flight`: a cache hit can land in between.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !lock(&verifier.shared.in_flight).is_empty() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the finished check never left in_flight"
-                );
-                tokio::task::yield_now().await;
+            let throttle = Arc::new(LoginThrottle::new(100));
+            let verifier = Verifier::with_limits(8, 1, Some(Arc::clone(&throttle)), BCRYPT_QUEUE_DEADLINE, 8);
+            for length in [MAX_USER_NAME_BYTES + 1, 6000, 100_000] {
+                let name = "n".repeat(length);
+                assert_eq!(verifier.login(&users, &name, "pw", CLIENT).await, Login::NameTooLong);
+                assert!(!verifier.verify_blocking(&users, &name, "pw"));
             }
+            assert_eq!(verifier.long_names(), 3);
+            assert_eq!((verifier.bcrypt_checks(), throttle.tracked_entries()), (0, 0));
+            assert!(lock(&verifier.shared.in_flight).is_empty());
+            // 256 bytes is a name like any other.
+            let name = "n".repeat(MAX_USER_NAME_BYTES);
+            assert_eq!(verifier.login(&users, &name, "pw", CLIENT).await, Login::Refused);
+            assert_eq!(verifier.bcrypt_checks(), 1);
+            assert!(throttle.tracked_entries() > 0);
+        });
+    }
+
+    #[test]
+    fn the_throttle_refuses_guesses_before_their_bcrypt_but_not_cached_logins() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("alice:{}\n", cost4("pw")));
+            let throttle = Arc::new(LoginThrottle::new(100));
+            let verifier = Verifier::with_limits(8, 1, Some(Arc::clone(&throttle)), BCRYPT_QUEUE_DEADLINE, 8);
+            let mut outcomes = Vec::new();
+            for guess in 0..10 {
+                outcomes.push(verifier.login(&users, "alice", &format!("guess{guess}"), CLIENT).await);
+            }
+            let burst = crate::throttle::PER_ADDRESS_AND_USER.burst as usize;
+            assert!(outcomes[..burst].iter().all(|o| *o == Login::Refused), "{outcomes:?}");
+            assert!(
+                outcomes[burst..]
+                    .iter()
+                    .all(|o| *o == Login::Limited(LimitKind::AddressAndUser)),
+                "{outcomes:?}"
+            );
+            assert_eq!(verifier.bcrypt_checks(), burst as u64);
+            assert_eq!(verifier.limited(LimitKind::AddressAndUser), 10 - burst as u64);
+            assert!(throttle.delay("alice", CLIENT) > Duration::ZERO);
+            // The real alice elsewhere gets in; after that, so does her cached login from the
+            // guessing address.
+            assert_eq!(
+                verifier.login(&users, "alice", "pw", OTHER_CLIENT).await,
+                Login::Accepted
+            );
+            assert_eq!(verifier.login(&users, "alice", "pw", CLIENT).await, Login::Accepted);
+            assert_eq!(verifier.bcrypt_checks(), burst as u64 + 1);
+        });
+    }
+
+    #[test]
+    fn a_failure_counts_also_when_its_request_went_away() {
+        new_runtime().block_on(async {
+            let users = htpasswd(&format!("alice:{}\n", slow_hash("pw")));
+            let throttle = Arc::new(LoginThrottle::new(100));
+            let verifier = Arc::new(Verifier::with_limits(
+                8,
+                1,
+                Some(Arc::clone(&throttle)),
+                BCRYPT_QUEUE_DEADLINE,
+                8,
+            ));
+            for guess in 0..crate::throttle::FREE_FAILURES + 1 {
+                let request = spawn_login(&verifier, &users, "alice", &format!("guess{guess}"), CLIENT);
+                until("the check to run", || verifier.bcrypt_in_progress() == 1).await;
+                request.abort();
+                until("the check to end", || verifier.bcrypt_in_progress() == 0).await;
+                until("in_flight to empty", || lock(&verifier.shared.in_flight).is_empty()).await;
+            }
+            assert_eq!(verifier.bcrypt_checks(), 4);
+            assert_eq!(throttle.delay("alice", CLIENT), crate::throttle::FIRST_DELAY);
         });
     }
 

@@ -5,6 +5,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::identity::{Overload, Verifier};
+use crate::throttle::{LimitKind, LoginThrottle};
+
 /// Upper bounds (seconds) of the decision latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 0.5, 1.0,
@@ -253,4 +256,104 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Writes one family in the Prometheus text format: `csel_auth_<name>`, with one sample per
+/// `(labels, value)`; `labels` is empty or `key="value"` pairs.
+pub fn write_family(out: &mut String, name: &str, help: &str, kind: Kind, samples: &[(&str, u64)]) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP csel_auth_{name} {help}");
+    let _ = writeln!(out, "# TYPE csel_auth_{name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "csel_auth_{name} {value}");
+        } else {
+            let _ = writeln!(out, "csel_auth_{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// The series of logins: the bcrypt queue, the failed-login throttle, and the users the htpasswd
+/// file in force disables.
+pub fn render_logins(verifier: &Verifier, throttle: &LoginThrottle, disabled_users: usize) -> String {
+    let mut out = String::new();
+    let gauges = [
+        (
+            "bcrypt_queue_length",
+            "Password checks waiting for a bcrypt place.",
+            verifier.queue_length() as u64,
+        ),
+        (
+            "bcrypt_running",
+            "bcrypt computations running.",
+            verifier.bcrypt_in_progress() as u64,
+        ),
+        (
+            "login_throttle_entries",
+            "Failed-login records kept (per user, per address, per both).",
+            throttle.tracked_entries() as u64,
+        ),
+        (
+            "login_throttle_bytes",
+            "Memory the failed-login records take, about.",
+            throttle.approximate_bytes() as u64,
+        ),
+        (
+            "htpasswd_disabled_users",
+            "Users of the htpasswd file in force who cannot log in (their line has an error).",
+            disabled_users as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        write_family(&mut out, name, help, Kind::Gauge, &[("", value)]);
+    }
+    write_family(
+        &mut out,
+        "bcrypt_abandoned_total",
+        "Password checks that left the bcrypt queue unchecked: every request waiting for them went away.",
+        Kind::Counter,
+        &[("", verifier.abandoned())],
+    );
+    let reasons: Vec<(String, u64)> = [Overload::Deadline, Overload::QueueFull]
+        .into_iter()
+        .map(|why| (format!("reason=\"{}\"", why.label()), verifier.overloaded(why)))
+        .collect();
+    let reasons: Vec<(&str, u64)> = reasons.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    write_family(
+        &mut out,
+        "bcrypt_rejected_total",
+        "Logins refused without a bcrypt: the queue was full, or no place came free before the deadline.",
+        Kind::Counter,
+        &reasons,
+    );
+    let limits: Vec<(String, u64)> = LimitKind::ALL
+        .into_iter()
+        .map(|limit| (format!("limit=\"{}\"", limit.label()), verifier.limited(limit)))
+        .collect();
+    let limits: Vec<(&str, u64)> = limits.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    write_family(
+        &mut out,
+        "login_rate_limited_total",
+        "Logins refused without checking the password: too many failed logins, by budget.",
+        Kind::Counter,
+        &limits,
+    );
+    write_family(
+        &mut out,
+        "login_long_names_total",
+        "Logins refused for a user name longer than 256 bytes, before anything was stored.",
+        Kind::Counter,
+        &[("", verifier.long_names())],
+    );
+    out
 }

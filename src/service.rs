@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
 use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
-use crate::identity::{parse_authorization, Credentials, Verifier};
+use crate::identity::{parse_authorization, Credentials, Login, Verifier};
 use crate::metrics::{Metrics, Outcome};
 use crate::reload::Store;
 use crate::request::DockerRoute;
@@ -94,13 +94,16 @@ struct TokenRealm {
 pub struct App {
     store: Arc<Store>,
     verifier: Verifier,
-    throttle: LoginThrottle,
+    throttle: Arc<LoginThrottle>,
     metrics: Arc<Metrics>,
     token: Option<TokenRealm>,
     default_format: String,
     basic_challenge: HeaderValue,
     verified_tokens: token::VerifiedTokenCache,
 }
+
+/// Failed-login records kept (users, addresses, and both), about 20 MB at most.
+const THROTTLE_RECORDS: usize = 100_000;
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -185,10 +188,17 @@ impl App {
         let realm = config.basic_realm.replace(['"', '\\'], "");
         let basic_challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
             .map_err(|_| format!("--realm `{realm}` cannot be sent in a header"))?;
+        let throttle = Arc::new(LoginThrottle::new(THROTTLE_RECORDS));
         Ok(App {
             store,
-            verifier: Verifier::new(config.login_cache, config.bcrypt_concurrency),
-            throttle: LoginThrottle::new(100_000),
+            verifier: Verifier::with_limits(
+                config.login_cache,
+                config.bcrypt_concurrency,
+                Some(Arc::clone(&throttle)),
+                crate::identity::BCRYPT_QUEUE_DEADLINE,
+                crate::identity::MAX_BCRYPT_QUEUE,
+            ),
+            throttle,
             metrics,
             token,
             default_format: config.default_format.clone(),
@@ -240,7 +250,13 @@ impl App {
                         self.verified_tokens.hits(),
                     ),
                 ];
-                respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render(&extra))
+                let mut text = self.metrics.render(&extra);
+                text.push_str(&crate::metrics::render_logins(
+                    &self.verifier,
+                    &self.throttle,
+                    self.store.htpasswd().disabled().len(),
+                ));
+                respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,
             _ => denial(StatusCode::NOT_FOUND),
@@ -683,13 +699,45 @@ impl App {
         )
     }
 
+    /// Checks a Basic login. A wrong password (and a guess the throttle refused unchecked) is
+    /// answered after the throttle's delay; the verifier has told the throttle already, also for
+    /// requests that go away before their answer.
     async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {
         let htpasswd = self.store.htpasswd();
-        if self.verifier.verify(&htpasswd, user, password).await {
-            self.throttle.record_success(user, client);
-            return true;
+        let shown_client = || client.map_or_else(|| "-".to_string(), |c| c.to_string());
+        match self.verifier.login(&htpasswd, user, password, client).await {
+            Login::Accepted => return true,
+            Login::Refused => {}
+            Login::Limited(limit) => {
+                tracing::info!(
+                    target: "csel_auth::login",
+                    user,
+                    client = %shown_client(),
+                    "password not checked: {}",
+                    limit.describe()
+                );
+            }
+            Login::NameTooLong => {
+                tracing::info!(
+                    target: "csel_auth::login",
+                    bytes = user.len(),
+                    client = %shown_client(),
+                    "login refused: the user name is longer than {} bytes",
+                    crate::identity::MAX_USER_NAME_BYTES
+                );
+                return false;
+            }
+            Login::Overloaded(why) => {
+                tracing::warn!(
+                    target: "csel_auth::login",
+                    user,
+                    client = %shown_client(),
+                    "login refused without checking the password: {}",
+                    why.describe()
+                );
+                return false;
+            }
         }
-        self.throttle.record_failure(user, client);
         let delay = self.throttle.delay(user, client);
         if !delay.is_zero() {
             self.metrics.record_throttled_login(delay);

@@ -416,3 +416,34 @@ fn explain_into_a_closed_pipe_ends_without_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn check_reports_a_user_with_an_unsupported_hash_as_an_error_and_checks_the_rest() {
+    let (dir, rules) = temp_file(
+        "r.rules",
+        "selector lib = path =^ \"/v2/library/\"\ngroup team = alice, erin, ghost\ngrant pull on lib to @team\n",
+    );
+    let htpasswd = dir.path().join("users.htpasswd");
+    std::fs::write(
+        &htpasswd,
+        "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\nerin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\n",
+    )
+    .unwrap();
+    let o = csel_auth(&["check", &rules, "--htpasswd", &htpasswd.to_string_lossy()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("users.htpasswd:2: "), "the error names file:line: {out}");
+    assert!(out.contains("Apache MD5"), "{out}");
+    assert!(out.contains("user \"erin\" is disabled"), "{out}");
+    // The rest of the file is checked, and the rules against it.
+    assert!(
+        out.contains("`ghost` (group `team`) is not in the htpasswd file"),
+        "{out}"
+    );
+    assert!(!out.contains("`alice` (group `team`)"), "{out}");
+    assert!(
+        !out.contains("`erin` (group `team`) is not in"),
+        "erin is in the file, disabled: {out}"
+    );
+    assert!(out.contains("1 htpasswd error"), "{out}");
+}

@@ -10,7 +10,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Barrier;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
@@ -201,15 +201,16 @@ fn repeated_wrong_passwords_are_answered_after_a_growing_delay() {
     let service = Setup::new(RULES).start();
     let delayed = || service.metric("csel_auth_throttle_delay_seconds_total");
     let uri = "/v2/alice/app/manifests/1";
-    let attempt = |user: &str, pass: &str| {
+    let attempt_from = |address: &str, user: &str, pass: &str| {
         let credentials = basic(user, pass);
         service.auth_headers(&[
             ("X-Original-URI", uri),
             ("X-Original-Method", "GET"),
-            ("X-Real-IP", "192.0.2.7"),
+            ("X-Real-IP", address),
             ("Authorization", &credentials),
         ])
     };
+    let attempt = |user: &str, pass: &str| attempt_from("192.0.2.7", user, pass);
     let mut delays = Vec::new();
     for _ in 0..5 {
         let before = delayed();
@@ -224,9 +225,22 @@ fn repeated_wrong_passwords_are_answered_after_a_growing_delay() {
     assert!(delays[3] > 0.0 && delays[4] > delays[3], "growing delay: {delays:?}");
     assert_eq!(service.metric("csel_auth_throttled_logins_total"), 2.0);
 
-    // Throttling delays, it never refuses: the right password gets in at once.
+    // Five failures spent this address's budget for alice: not even the right password is checked
+    // from here for now (it gets the same delay)...
+    let checks = service.metric("csel_auth_bcrypt_checks_total");
+    assert_basic_challenge(&attempt("alice", &password("alice")), "right password, spent budget");
+    assert_eq!(service.metric("csel_auth_bcrypt_checks_total"), checks);
+    assert_eq!(
+        service.metric("csel_auth_login_rate_limited_total{limit=\"address_and_user\"}"),
+        1.0
+    );
+    // ...while from an address that has not failed it gets in at once.
     let before = delayed();
-    assert_status(&attempt("alice", &password("alice")), 200, "right password");
+    assert_status(
+        &attempt_from("198.51.100.8", "alice", &password("alice")),
+        200,
+        "right password from another address",
+    );
     assert_eq!(delayed(), before);
     // The client address stays throttled for other user names.
     assert_basic_challenge(&attempt("carol", "wrong"), "another user, same address");
@@ -827,4 +841,241 @@ fn sighup_says_which_config_changes_need_a_restart() {
         Some("Basic realm=\"one\", charset=\"UTF-8\""),
         "the running settings are those from the start"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Password guessing, long names and htpasswd problems
+
+/// One `/auth` subrequest for `user:pass` from client address `address`.
+fn login_from(service: &Service, address: &str, user: &str, pass: &str) -> Response {
+    let credentials = basic(user, pass);
+    service.auth_headers(&[
+        ("X-Original-URI", &format!("/v2/{user}/app/manifests/1")),
+        ("X-Original-Method", "GET"),
+        ("X-Real-IP", address),
+        ("Authorization", &credentials),
+    ])
+}
+
+/// Guesses at `user`'s password: `connections` connections at once, each sending `per_connection`
+/// wrong passwords in turn, connection `i` from `address(i)`. Returns every answer's status.
+fn guess_in_parallel(
+    service: &Service,
+    user: &str,
+    connections: usize,
+    per_connection: usize,
+    address: impl Fn(usize) -> String + Sync,
+) -> Vec<u16> {
+    let start = Barrier::new(connections);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..connections)
+            .map(|i| {
+                let (start, address) = (&start, &address);
+                scope.spawn(move || {
+                    let mut connection = service.connect();
+                    let from = address(i);
+                    start.wait();
+                    (0..per_connection)
+                        .map(|guess| {
+                            let credentials = basic(user, &format!("guess-{i}-{guess}"));
+                            let uri = format!("/v2/{user}/app/manifests/1");
+                            connection
+                                .send(
+                                    "GET",
+                                    "/auth",
+                                    &[
+                                        ("X-Original-URI", &uri),
+                                        ("X-Original-Method", "GET"),
+                                        ("X-Real-IP", &from),
+                                        ("Authorization", &credentials),
+                                    ],
+                                    b"",
+                                )
+                                .status
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    })
+}
+
+/// The most attempts a GCRA limit of `burst` lets through in `elapsed`, refilling one every
+/// `interval`.
+fn allowed_by(burst: u32, interval: Duration, elapsed: Duration) -> f64 {
+    f64::from(burst) + (elapsed.as_secs_f64() / interval.as_secs_f64()).ceil()
+}
+
+#[test]
+fn parallel_guessing_is_limited_by_count_per_user_and_address() {
+    // The limits the README documents: per user and address 5 failed logins, then one every 12 s;
+    // per user, from addresses past their first forgiven failure, 10, then one every 6 s.
+    const FORGIVEN_FAILURES: u32 = 1;
+    let (pair_burst, pair_interval) = (5, Duration::from_secs(12));
+    let (user_burst, user_interval) = (10, Duration::from_secs(6));
+    let service = Setup::new(RULES).start();
+    let bcrypt = || service.metric("csel_auth_bcrypt_checks_total");
+    const ATTACKER: &str = "192.0.2.66";
+
+    // carol logged in from the attacker's address before: her cached login is not guessing.
+    assert_status(
+        &login_from(&service, ATTACKER, "carol", &password("carol")),
+        200,
+        "carol",
+    );
+
+    // 100 connections from one address, 3 guesses each.
+    let started = Instant::now();
+    let before = bcrypt();
+    let statuses = guess_in_parallel(&service, "alice", 100, 3, |_| ATTACKER.to_string());
+    let elapsed = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let checked = bcrypt() - before;
+    let bound = allowed_by(pair_burst, pair_interval, elapsed);
+    println!(
+        "guessing: 300 guesses on 100 connections from one address in {elapsed:.1?}: {checked} passwords checked (bound {bound})"
+    );
+    assert!(
+        checked <= bound,
+        "300 guesses from one address ran {checked} bcrypt checks; at most {bound} may"
+    );
+    assert!(
+        service.metric("csel_auth_login_rate_limited_total{limit=\"address_and_user\"}") >= 300.0 - bound,
+        "the refused guesses are counted"
+    );
+
+    // The real alice, from an address that has not failed, gets in at once.
+    let response = login_from(&service, "198.51.100.20", "alice", &password("alice"));
+    assert_status(&response, 200, "alice from a clean address during the attack");
+    // A cached login from the attacker's own address is not a guess either.
+    assert_status(
+        &login_from(&service, ATTACKER, "carol", &password("carol")),
+        200,
+        "carol, cached",
+    );
+
+    // 50 addresses, 3 guesses each, at bob: past its forgiven failure each address joins bob's
+    // shared limit.
+    let started = Instant::now();
+    let before = bcrypt();
+    let statuses = guess_in_parallel(&service, "bob", 50, 3, |i| format!("203.0.113.{}", i + 1));
+    let elapsed = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let checked = bcrypt() - before;
+    let bound = 50.0 * f64::from(FORGIVEN_FAILURES + 1) + allowed_by(user_burst, user_interval, elapsed);
+    println!(
+        "guessing: 150 guesses at bob from 50 addresses in {elapsed:.1?}: {checked} passwords checked (bound {bound})"
+    );
+    assert!(
+        checked <= bound,
+        "150 guesses from 50 addresses ran {checked} bcrypt checks; at most {bound} may"
+    );
+    // bob himself, from a clean address, is not locked out.
+    let response = login_from(&service, "198.51.100.21", "bob", &password("bob"));
+    assert_status(&response, 200, "bob from a clean address during the attack");
+}
+
+#[test]
+fn overlong_user_names_are_refused_before_anything_is_stored() {
+    let keys = tempfile::Builder::new().prefix("csel-auth-key-").tempdir().unwrap();
+    let service = Setup::new(RULES).token_realm(keys.path().join("key")).start();
+    let state = || {
+        let metrics = service.metrics();
+        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+        (
+            get("csel_auth_bcrypt_checks_total"),
+            get("csel_auth_login_throttle_entries"),
+            get("csel_auth_login_throttle_bytes"),
+        )
+    };
+    let before = state();
+    for length in [257, 1000, 5000] {
+        let name = "n".repeat(length);
+        let response = login_from(&service, "192.0.2.9", &name, "password");
+        assert_eq!(response.status, 401, "/auth, {length}-byte name: {}", response.text());
+        let credentials = basic(&name, "password");
+        let response = service.request(
+            "GET",
+            "/token?service=test-registry",
+            &[("Authorization", &credentials), ("X-Real-IP", "192.0.2.9")],
+            b"",
+        );
+        assert_eq!(
+            response.status,
+            401,
+            "GET /token, {length}-byte name: {}",
+            response.text()
+        );
+        let form = format!("grant_type=password&username={name}&password=x&service=test-registry");
+        let response = service.request(
+            "POST",
+            "/token",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Real-IP", "192.0.2.9"),
+            ],
+            form.as_bytes(),
+        );
+        assert_eq!(
+            response.status,
+            401,
+            "POST /token, {length}-byte name: {}",
+            response.text()
+        );
+        assert_eq!(
+            state(),
+            before,
+            "a {length}-byte name was refused before anything was stored"
+        );
+    }
+    // 256 bytes is still a name: checked (one bcrypt), and remembered as a failure.
+    let response = login_from(&service, "192.0.2.9", &"n".repeat(256), "password");
+    assert_eq!(response.status, 401);
+    let after = state();
+    assert_eq!(after.0, before.0 + 1.0, "a 256-byte name is checked");
+    assert!(after.1 > before.1, "and its failure remembered: {after:?}");
+}
+
+#[test]
+fn an_unsupported_hash_disables_only_its_user() {
+    let service = Setup::new(RULES).start();
+    let htpasswd = service.htpasswd.clone().unwrap();
+    let own = |user: &str, pass: &str| service.auth("GET", &format!("/v2/{user}/app/manifests/1"), Some((user, pass)));
+    for user in ["alice", "carol"] {
+        assert_eq!(own(user, &password(user)).status, 200, "{user}");
+    }
+    // One edit: carol removed, erin added with an Apache MD5 hash (`htpasswd -m`).
+    let mut lines: Vec<String> = standard_htpasswd().lines().map(str::to_string).collect();
+    lines.retain(|line| !line.starts_with("carol:"));
+    lines.push("erin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/".to_string());
+    let erin_line = lines.len();
+    write_and_rename(&htpasswd, &(lines.join("\n") + "\n"));
+    wait_for(Duration::from_secs(10), "carol's removal to take effect", || {
+        (own("carol", &password("carol")).status == 401).then_some(())
+    });
+    assert_basic_challenge(&own("carol", &password("carol")), "removed carol");
+    assert_basic_challenge(&own("erin", "erin-password"), "erin, whose hash is not bcrypt");
+    for user in ["alice", "bob", "dave", "admin-parente"] {
+        assert_eq!(own(user, &password(user)).status, 200, "{user} still gets in");
+    }
+    assert_eq!(service.metric("csel_auth_htpasswd_disabled_users"), 1.0);
+    assert_eq!(service.metric("csel_auth_reload_failing{file=\"htpasswd\"}"), 0.0);
+    assert_eq!(service.metric("csel_auth_version{file=\"htpasswd\"}"), 2.0);
+    let logged = service.wait_for_log(&format!("users.htpasswd:{erin_line}: "), Duration::from_secs(10));
+    assert!(logged.contains("erin") && logged.contains("Apache MD5"), "{logged}");
+    assert!(logged.contains("ERROR"), "logged as an error: {logged}");
+
+    // A duplicate user is still a load error naming the line: the last good version stays.
+    lines.push(format!("alice:{}", bcrypt_hash("another")));
+    write_and_rename(&htpasswd, &(lines.join("\n") + "\n"));
+    wait_for(Duration::from_secs(10), "the refused reload", || {
+        (service.metric("csel_auth_reload_failing{file=\"htpasswd\"}") == 1.0).then_some(())
+    });
+    service.wait_for_log(
+        &format!("users.htpasswd:{}: duplicate user \"alice\"", lines.len()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(own("alice", &password("alice")).status, 200);
+    assert_eq!(own("carol", &password("carol")).status, 401);
 }

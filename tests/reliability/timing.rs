@@ -75,3 +75,121 @@ fn unknown_users_and_wrong_passwords_take_the_same_time() {
         "unknown users ({unknown_median:?}) and wrong passwords ({wrong_median:?}) are told apart by time"
     );
 }
+
+/// Logins of unknown users in the flood, each from its own address.
+const FLOOD: usize = 1000;
+/// Each flood request's client gives up this long after sending it (as nginx would).
+const ABANDON_AFTER: Duration = Duration::from_millis(500);
+/// A new flood request this often: about 170 abandoned requests are open at any time.
+const FLOOD_PACE: Duration = Duration::from_millis(3);
+
+/// A flood of abandoned logins must not hold up real ones: a request whose client went away
+/// leaves the bcrypt queue without a bcrypt. Timed on purpose, with the required bounds, measured
+/// while the flood runs with one bcrypt at a time: a cached login answers in < 10 ms, a correct
+/// uncached one in < 2 s (a bcrypt of cost 8 takes ~30-80 ms here, so both leave a wide margin).
+#[test]
+fn timing_real_logins_under_a_flood_of_abandoned_ones() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _turn = exclusive();
+    let htpasswd = crate::common::htpasswd(&["alice", "bob"], COST);
+    let service = Setup::new("grant pull on (path =^ \"/v2/library/\") to authenticated\n", &htpasswd)
+        .arg("--bcrypt-concurrency")
+        .arg("1")
+        .start();
+    let login = |connection: &mut crate::common::Conn, user: &str, password: &str, from: &str| -> (u16, Duration) {
+        let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1")
+            .without(b"X-Real-IP")
+            .header(b"X-Real-IP", from.as_bytes())
+            .header(b"Authorization", crate::common::basic(user, password).as_bytes())
+            .bytes();
+        let started = Instant::now();
+        match connection.send(&request) {
+            Ok(response) => (response.status, started.elapsed()),
+            Err(e) => panic!("{user}: no answer after {:?}: {e}", started.elapsed()),
+        }
+    };
+    let mut alice = service.connect();
+    assert_eq!(login(&mut alice, "alice", "alice-password", "198.51.100.1").0, 200);
+    let (_, one_bcrypt) = login(&mut service.connect(), "calibration", "x", "198.51.100.2");
+    let checks_before = bcrypt_checks(&service);
+
+    let sent = AtomicUsize::new(0);
+    let addr = service.addr;
+    let (cached, uncached) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            let mut open: std::collections::VecDeque<(Instant, std::net::TcpStream)> = Default::default();
+            let close_expired = |open: &mut std::collections::VecDeque<(Instant, std::net::TcpStream)>| {
+                while open.front().is_some_and(|(at, _)| at.elapsed() >= ABANDON_AFTER) {
+                    open.pop_front();
+                }
+            };
+            for i in 0..FLOOD {
+                let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1")
+                    .without(b"X-Real-IP")
+                    .header(b"X-Real-IP", format!("198.18.{}.{}", i / 250, i % 250 + 1).as_bytes())
+                    .header(
+                        b"Authorization",
+                        crate::common::basic(&format!("ghost-{i}"), "guess").as_bytes(),
+                    )
+                    .bytes();
+                let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("flood {i}: {e}"));
+                std::io::Write::write_all(&mut stream, &request).unwrap_or_else(|e| panic!("flood {i}: {e}"));
+                open.push_back((Instant::now(), stream));
+                sent.fetch_add(1, Ordering::SeqCst);
+                close_expired(&mut open);
+                std::thread::sleep(FLOOD_PACE);
+            }
+            while !open.is_empty() {
+                close_expired(&mut open);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // Measure once the flood is well under way.
+        crate::common::wait_for(Duration::from_secs(30), "the flood to be under way", || {
+            (sent.load(Ordering::SeqCst) >= FLOOD / 3).then_some(())
+        });
+        let mut cached: Vec<Duration> = (0..20)
+            .map(|_| {
+                let (status, time) = login(&mut alice, "alice", "alice-password", "198.51.100.1");
+                assert_eq!(status, 200, "alice, cached");
+                time
+            })
+            .collect();
+        cached.sort_unstable();
+        let (status, uncached) = login(&mut service.connect(), "bob", "bob-password", "198.51.100.3");
+        assert_eq!(status, 200, "bob's correct password");
+        let still_flooding = sent.load(Ordering::SeqCst) < FLOOD;
+        flood.join().unwrap_or_else(|_| panic!("the flood thread failed"));
+        assert!(
+            still_flooding,
+            "the measurements ended after the flood: make the flood longer"
+        );
+        (cached, uncached)
+    });
+    crate::common::wait_for(Duration::from_secs(30), "the bcrypt queue to empty", || {
+        (service.metric("csel_auth_bcrypt_queue_length") == 0.0).then_some(())
+    });
+    let flood_checks = bcrypt_checks(&service) - checks_before;
+    let abandoned = service.metric("csel_auth_bcrypt_abandoned_total");
+    report(&format!(
+        "reliability: flood of {FLOOD} abandoned unknown-user logins (one bcrypt of cost {COST} takes {one_bcrypt:.1?}, \
+         1 at a time): cached login max {:.2?} (median {:.2?}), correct uncached login {uncached:.0?}; \
+         {flood_checks} bcrypts ran, {abandoned} requests left the queue unchecked",
+        cached[cached.len() - 1],
+        cached[cached.len() / 2],
+    ));
+    assert!(
+        cached[cached.len() - 1] < Duration::from_millis(10),
+        "a cached login took {:?} during the flood",
+        cached[cached.len() - 1]
+    );
+    assert!(
+        uncached < Duration::from_secs(2),
+        "a correct uncached login took {uncached:?} during the flood"
+    );
+    // Abandoned requests never start a bcrypt: only those still waiting when their turn came.
+    assert!(
+        flood_checks < (FLOOD / 4) as f64,
+        "{flood_checks} bcrypts ran for {FLOOD} abandoned requests"
+    );
+}
