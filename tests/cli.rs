@@ -1,6 +1,6 @@
 //! The operator commands, run as the real binary: exit statuses and output.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 

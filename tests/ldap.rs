@@ -1,7 +1,6 @@
 //! The LDAP identity source against a real OpenLDAP server (Debian's slapd, started per test on
 //! 127.0.0.1 by tests/ldap/slapd.rs): logins, groups, injection, caching, TLS, outages.
 
-#[path = "ldap/slapd.rs"]
 mod slapd;
 
 use std::future::Future;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
-use slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+use self::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";
@@ -679,9 +678,9 @@ async fn a_refused_service_account_or_a_missing_base_is_unavailable_not_a_wrong_
     assert!(is_unavailable(&directory.check().await));
     assert!(!directory.stats().up);
 
-    let directory = crate::directory(&slapd, &[]);
+    let directory = self::directory(&slapd, &[]);
     assert_eq!(directory.check().await, Ok(()));
-    let directory = crate::directory(&slapd, &[("user_base", "\"ou=nobody,dc=example,dc=org\"")]);
+    let directory = self::directory(&slapd, &[("user_base", "\"ou=nobody,dc=example,dc=org\"")]);
     match directory.check().await {
         Err(LdapError::Unavailable(why)) => assert!(why.contains("noSuchObject"), "{why}"),
         other => panic!("{other:?}"),

@@ -12,19 +12,9 @@
 //!
 //! CI runs trimmed sizes; `CSEL_AUTH_FULL=1` runs the full-size versions (README, "Reliability").
 
-#[path = "reliability/common.rs"]
 mod common;
-#[path = "reliability/faults.rs"]
 mod faults;
-#[path = "reliability/fuzz.rs"]
 mod fuzz;
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "reliability/hostile.rs"]
 mod hostile;
-#[path = "reliability/reload.rs"]
 mod reload;
-#[path = "e2e/stack.rs"]
-mod stack;
-#[path = "reliability/timing.rs"]
 mod timing;

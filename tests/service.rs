@@ -4,7 +4,6 @@
 //!
 //! Reload latencies are printed; see them with `--nocapture`.
 
-mod support;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
@@ -12,7 +11,7 @@ use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::*;
+use crate::support::*;
 
 const LIBRARY: &str = "/v2/library/alpine/manifests/3.19";
 const COOLTEAM: &str = "/v2/coolteam/app/manifests/1.0";

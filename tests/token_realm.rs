@@ -2,7 +2,6 @@
 //! `/token` endpoint, Bearer challenges, tokens on `/auth`, and the key
 //! file shared across restarts and replicas.
 
-mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use csel_auth::identity::Htpasswd;
 use csel_auth::token::{self, Identity, Scope, TokenKey, TokenSettings};
 use serde_json::Value;
 
-use support::*;
+use crate::support::*;
 
 const SERVICE: &str = "test-registry";
 const LIBRARY: &str = "/v2/library/alpine/manifests/3.19";

@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::harness::*;
+use super::harness::*;
 
 /// The `--token-service` of token-mode stacks.
 pub const TOKEN_SERVICE: &str = "csel-e2e";

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{
+use super::common::{
     self, exclusive, htpasswd, open_to_nobody, report, running_as_root, wait_for, Conn, Service, Setup, Subrequest,
     NOBODY,
 };

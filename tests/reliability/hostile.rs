@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{basic, exclusive, password, report, Conn, Setup, Subrequest};
-use crate::harness;
-use crate::stack::{Mode, Stack};
+use super::common::{basic, exclusive, password, report, Conn, Setup, Subrequest};
+use crate::e2e::harness;
+use crate::e2e::stack::{Mode, Stack};
 
 const HOSTILE: &str = include_str!("../data/hostile.txt");
 const ATTACKS: &str = include_str!("../data/attacks.txt");
@@ -421,7 +421,7 @@ fn replay_through_nginx(
     }
     let allowed = || -> anyhow::Result<f64> {
         let metrics = stack.auth.request("GET", "/metrics", &[], b"")?;
-        Ok(crate::common::parse_metrics(&metrics.body_text())
+        Ok(super::common::parse_metrics(&metrics.body_text())
             .get("csel_auth_decisions_total{outcome=\"allowed\"}")
             .copied()
             .unwrap_or(0.0))

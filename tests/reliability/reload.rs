@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use csel_auth::rules::Rules;
 
-use crate::common::{
+use super::common::{
     self, exclusive, expected_status, htpasswd, report, scale, wait_for, Conn, Service, Setup, Subrequest,
 };
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{exclusive, report, scale, Service, Setup, Subrequest};
+use super::common::{exclusive, report, scale, Service, Setup, Subrequest};
 
 /// bcrypt cost of every user: high enough that bcrypt dominates an answer, low enough for CI.
 const COST: u32 = 8;
@@ -33,7 +33,7 @@ fn unknown_users_and_wrong_passwords_take_the_same_time() {
         // No X-Real-IP: the per-address throttle is not involved either.
         let request = Subrequest::new("GET", "/v2/private/app/manifests/1")
             .without(b"X-Real-IP")
-            .header(b"Authorization", crate::common::basic(user, password).as_bytes())
+            .header(b"Authorization", super::common::basic(user, password).as_bytes())
             .bytes();
         let started = Instant::now();
         let status = connection.send(&request).map_or(0, |r| r.status);
@@ -91,16 +91,16 @@ const FLOOD_PACE: Duration = Duration::from_millis(3);
 fn timing_real_logins_under_a_flood_of_abandoned_ones() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let _turn = exclusive();
-    let htpasswd = crate::common::htpasswd(&["alice", "bob"], COST);
+    let htpasswd = super::common::htpasswd(&["alice", "bob"], COST);
     let service = Setup::new("grant pull on (path =^ \"/v2/library/\") to authenticated\n", &htpasswd)
         .arg("--bcrypt-concurrency")
         .arg("1")
         .start();
-    let login = |connection: &mut crate::common::Conn, user: &str, password: &str, from: &str| -> (u16, Duration) {
+    let login = |connection: &mut super::common::Conn, user: &str, password: &str, from: &str| -> (u16, Duration) {
         let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1")
             .without(b"X-Real-IP")
             .header(b"X-Real-IP", from.as_bytes())
-            .header(b"Authorization", crate::common::basic(user, password).as_bytes())
+            .header(b"Authorization", super::common::basic(user, password).as_bytes())
             .bytes();
         let started = Instant::now();
         match connection.send(&request) {
@@ -129,7 +129,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
                     .header(b"X-Real-IP", format!("198.18.{}.{}", i / 250, i % 250 + 1).as_bytes())
                     .header(
                         b"Authorization",
-                        crate::common::basic(&format!("ghost-{i}"), "guess").as_bytes(),
+                        super::common::basic(&format!("ghost-{i}"), "guess").as_bytes(),
                     )
                     .bytes();
                 let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("flood {i}: {e}"));
@@ -145,7 +145,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
             }
         });
         // Measure once the flood is well under way.
-        crate::common::wait_for(Duration::from_secs(30), "the flood to be under way", || {
+        super::common::wait_for(Duration::from_secs(30), "the flood to be under way", || {
             (sent.load(Ordering::SeqCst) >= FLOOD / 3).then_some(())
         });
         let mut cached: Vec<Duration> = (0..20)
@@ -166,7 +166,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
         );
         (cached, uncached)
     });
-    crate::common::wait_for(Duration::from_secs(30), "the bcrypt queue to empty", || {
+    super::common::wait_for(Duration::from_secs(30), "the bcrypt queue to empty", || {
         (service.metric("csel_auth_bcrypt_queue_length") == 0.0).then_some(())
     });
     let flood_checks = bcrypt_checks(&service) - checks_before;

@@ -5,17 +5,12 @@
 //!
 //! A refused push must end at once: every push refusal here is also timed.
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use harness::*;
-use stack::*;
+use super::harness::*;
+use super::stack::*;
 
 /// skopeo and podman with their own auth file, logged in as `user` (or not
 /// logged in at all).

@@ -8,16 +8,11 @@
 //! for ~50 s); further push refusals are checked with skopeo, podman or raw
 //! HTTP (tests/e2e_skopeo_podman.rs, tests/e2e_paths.rs).
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
-use harness::*;
-use stack::*;
+use super::harness::*;
+use super::stack::*;
 
 /// docker's text for the `denied` error code (what a Bearer challenge with
 /// `error="insufficient_scope"` maps to).

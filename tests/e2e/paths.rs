@@ -6,17 +6,12 @@
 //! token mode, through Debian 12's nginx 1.22 and Debian 13's nginx 1.26
 //! (which joins repeated headers in `$content_type`).
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use harness::*;
-use stack::*;
+use super::harness::*;
+use super::stack::*;
 
 /// The digest attacks.txt uses as a placeholder (sha256 of nothing).
 const PLACEHOLDER_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
