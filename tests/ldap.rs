@@ -7,9 +7,9 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use self::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
 use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
-use self::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";

@@ -4,7 +4,6 @@
 //!
 //! Reload latencies are printed; see them with `--nocapture`.
 
-
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;

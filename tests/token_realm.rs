@@ -2,7 +2,6 @@
 //! `/token` endpoint, Bearer challenges, tokens on `/auth`, and the key
 //! file shared across restarts and replicas.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Result};
 use super::harness::*;
 use super::stack::*;
+use anyhow::{anyhow, ensure, Result};
 
 /// docker's text for the `denied` error code (what a Bearer challenge with
 /// `error="insufficient_scope"` maps to).

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
 use super::harness::*;
 use super::stack::*;
+use anyhow::{bail, ensure, Context, Result};
 
 /// The digest attacks.txt uses as a placeholder (sha256 of nothing).
 const PLACEHOLDER_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

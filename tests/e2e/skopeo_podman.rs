@@ -8,9 +8,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
 use super::harness::*;
 use super::stack::*;
+use anyhow::{ensure, Result};
 
 /// skopeo and podman with their own auth file, logged in as `user` (or not
 /// logged in at all).
