@@ -1,14 +1,12 @@
 //! The operator commands, run as the real binary: exit statuses and output.
 
-use crate::support;
+use crate::kit::service::{binary, Setup};
+use crate::kit::{basic, password};
 
 use std::process::{Command, Output};
 
 fn csel_auth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_csel-auth"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(binary()).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -275,16 +273,16 @@ fn explain_and_the_service_agree() {
     let mut disagreements = Vec::new();
     for token_mode in [false, true] {
         let keys = tempfile::tempdir().unwrap();
-        let mut setup = support::Setup::new(&rules);
+        let mut setup = Setup::new(&rules);
         if token_mode {
             setup = setup.token_realm(keys.path().join("token.key"));
         }
         let service = setup.start();
         let authorization = |user: Option<&str>| -> Option<String> {
             if !token_mode {
-                return user.map(|u| support::basic(u, &support::password(u)));
+                return user.map(|u| basic(u, &password(u)));
             }
-            let login = user.map(|u| support::basic(u, &support::password(u)));
+            let login = user.map(|u| basic(u, &password(u)));
             let headers: Vec<(&str, &str)> = login.iter().map(|c| ("Authorization", c.as_str())).collect();
             let response = service.request("GET", "/token?service=test-registry", &headers, b"");
             assert_eq!(response.status, 200, "token for {user:?}: {}", response.text());
@@ -396,7 +394,7 @@ fn check_with_a_config_checks_the_files_it_names() {
 #[test]
 fn explain_into_a_closed_pipe_ends_without_a_panic() {
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+    let mut child = Command::new(binary())
         .args([
             "explain",
             "--rules",

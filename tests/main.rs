@@ -1,6 +1,6 @@
 //! Every integration test of csel-auth, in one test binary.
 
-mod support;
+mod kit;
 
 mod cli;
 mod decisions;

@@ -12,9 +12,18 @@
 //!
 //! CI runs trimmed sizes; `CSEL_AUTH_FULL=1` runs the full-size versions (README, "Reliability").
 
-mod common;
 mod faults;
 mod fuzz;
 mod hostile;
 mod reload;
 mod timing;
+
+use crate::kit::service::Setup;
+
+/// The service the reliability tests run: `rules` and `htpasswd` in a temporary directory, and
+/// no log line per decision (it would make the log the bottleneck of a load test).
+fn setup(rules: &str, htpasswd: &str) -> Setup {
+    Setup::with_users(rules, htpasswd)
+        .arg("--log")
+        .arg("csel_auth::decision=warn,info")
+}

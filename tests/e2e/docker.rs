@@ -10,8 +10,13 @@
 
 use std::time::Duration;
 
-use super::harness::*;
-use super::stack::*;
+use crate::kit::docker::{DockerClient, Dockerd};
+use crate::kit::files::example;
+use crate::kit::password;
+use crate::kit::process::CmdOutput;
+use crate::kit::stack::{
+    expect_log_line, failed_with, failed_with_stderr, step, succeeded, succeeded_with, Mode, Stack,
+};
 use anyhow::{anyhow, ensure, Result};
 
 /// docker's text for the `denied` error code (what a Bearer challenge with

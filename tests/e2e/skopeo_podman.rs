@@ -8,8 +8,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::harness::*;
-use super::stack::*;
+use crate::kit::containers::ContainerTools;
+use crate::kit::docker::Dockerd;
+use crate::kit::files::example;
+use crate::kit::password;
+use crate::kit::process::CmdOutput;
+use crate::kit::stack::{failed_with, step, succeeded, succeeded_with, Mode, Stack};
 use anyhow::{ensure, Result};
 
 /// skopeo and podman with their own auth file, logged in as `user` (or not
