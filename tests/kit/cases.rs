@@ -154,6 +154,11 @@ pub fn unescape(field: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// [`unescape`] for a field that must stay text.
+pub fn unescape_text(field: &str) -> Result<String, String> {
+    String::from_utf8(unescape(field)?).map_err(|_| format!("{field:?} is not UTF-8 once unescaped"))
+}
+
 /// One line of `attacks.txt`: `USER METHOD URI [CONTENT-TYPE]`, a request every rules file in
 /// the examples must refuse.
 #[derive(Clone, Debug)]
