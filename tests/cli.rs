@@ -24,6 +24,19 @@ fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, String) {
     (dir, path.to_string_lossy().into_owned())
 }
 
+/// `csel-auth check r.rules --htpasswd users.htpasswd` on these files: its output, and the
+/// directory and the path of the rules file.
+fn check_with_htpasswd(rules: &str, htpasswd: &str) -> (Output, tempfile::TempDir, String) {
+    let (dir, rules) = temp_file("r.rules", rules);
+    let users = dir.path().join("users.htpasswd");
+    std::fs::write(&users, htpasswd).unwrap();
+    let output = csel_auth(&["check", &rules, "--htpasswd", &users.to_string_lossy()]);
+    (output, dir, rules)
+}
+
+/// A valid htpasswd line (bcrypt, cost 4).
+const ALICE: &str = "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\n";
+
 #[test]
 fn example_decisions_hold() {
     for name in ["registry", "readonly-admins", "personal"] {
@@ -76,17 +89,10 @@ fn check_reports_errors_with_position_and_exits_non_zero() {
 
 #[test]
 fn check_warns_about_classic_mistakes() {
-    let (dir, rules) = temp_file(
-        "r.rules",
+    let (o, _dir, rules) = check_with_htpasswd(
         "selector all = format == \"docker\"\nselector team = path =^ \"/v2/team\"\nselector lib = path =~ \"^/v2/library/\"\nselector unused = path == \"/x\"\ngroup g = ghost\ngrant pull on all, team, lib to anonymous, @g\n",
+        ALICE,
     );
-    let htpasswd = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &htpasswd,
-        "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\n",
-    )
-    .unwrap();
-    let o = csel_auth(&["check", &rules, "--htpasswd", &htpasswd.to_string_lossy()]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     for wanted in [
@@ -417,17 +423,10 @@ fn explain_into_a_closed_pipe_ends_without_a_panic() {
 
 #[test]
 fn check_reports_a_user_with_an_unsupported_hash_as_an_error_and_checks_the_rest() {
-    let (dir, rules) = temp_file(
-        "r.rules",
+    let (o, _dir, _rules) = check_with_htpasswd(
         "selector lib = path =^ \"/v2/library/\"\ngroup team = alice, erin, ghost\ngrant pull on lib to @team\n",
+        &format!("{ALICE}erin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\n"),
     );
-    let htpasswd = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &htpasswd,
-        "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\nerin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\n",
-    )
-    .unwrap();
-    let o = csel_auth(&["check", &rules, "--htpasswd", &htpasswd.to_string_lossy()]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("users.htpasswd:2: "), "the error names file:line: {out}");

@@ -4,10 +4,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
-use crate::kit::wait::eventually;
 use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
+
+use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+use crate::kit::wait::eventually;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";

@@ -405,7 +405,7 @@ fn git(directory: &Path, args: &[&str]) -> String {
 fn reload_after_git_checkout() {
     let _alone = alone();
     let setup = Setup::new(&rules_opening("ns-a"));
-    let directory = setup.dir.path().to_path_buf();
+    let directory = setup.dir().to_path_buf();
     let rules = setup.path("registry.rules");
     git(&directory, &["init", "-q"]);
     git(&directory, &["add", "registry.rules"]);

@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 
+use anyhow::{ensure, Context, Result};
+
 use crate::kit::cases::attacks;
 use crate::kit::files::example;
 use crate::kit::nginx::{nginx_binaries, NginxBinary};
 use crate::kit::stack::{expect_log_line, step, Mode, SeededImage, Stack};
-use anyhow::{ensure, Context, Result};
 
 /// The digest attacks.txt uses as a placeholder (sha256 of nothing).
 const PLACEHOLDER_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

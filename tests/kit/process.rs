@@ -190,20 +190,19 @@ impl ProcessGuard {
     /// Freezes the process (SIGSTOP) and waits until every one of its threads is stopped: a
     /// thread the kernel has not yet told to stop can still answer a request.
     pub fn pause(&self) -> Result<()> {
-        self.signal(Signal::SIGSTOP)?;
-        let what = format!("every thread of {} to stop", self.name);
-        wait_until(Duration::from_secs(10), &what, || {
-            self.threads_stopped(true).then_some(())
-        })?;
-        Ok(())
+        self.signal_threads(Signal::SIGSTOP, true)
     }
 
     /// Lets a paused process run again (SIGCONT) and waits until no thread of it is stopped.
     pub fn resume(&self) -> Result<()> {
-        self.signal(Signal::SIGCONT)?;
-        let what = format!("{} to run again", self.name);
+        self.signal_threads(Signal::SIGCONT, false)
+    }
+
+    fn signal_threads(&self, signal: Signal, stopped: bool) -> Result<()> {
+        self.signal(signal)?;
+        let what = format!("{signal} to take effect in every thread of {}", self.name);
         wait_until(Duration::from_secs(10), &what, || {
-            self.threads_stopped(false).then_some(())
+            self.threads_stopped(stopped).then_some(())
         })?;
         Ok(())
     }

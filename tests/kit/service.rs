@@ -120,12 +120,40 @@ enum Token {
     },
 }
 
-/// What to start. Files are written into a fresh temporary directory (`dir`), which the
-/// [`CselAuth`] keeps until it is dropped.
-pub struct Setup {
-    pub dir: TestDir,
+/// A service's files: its temporary directory, its rules and its htpasswd file. A [`Setup`]
+/// and the [`CselAuth`] it starts read as their files (`service.rules()`).
+pub struct Files {
+    dir: TestDir,
     rules: PathBuf,
     htpasswd: Option<PathBuf>,
+}
+
+impl Files {
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn rules(&self) -> &Path {
+        &self.rules
+    }
+
+    /// The htpasswd file; fails the test if there is none.
+    pub fn htpasswd(&self) -> &Path {
+        match &self.htpasswd {
+            Some(path) => path,
+            None => panic!("no htpasswd file in {}", self.dir.path().display()),
+        }
+    }
+}
+
+/// What to start. Files are written into a fresh temporary directory, which the [`CselAuth`]
+/// keeps until it is dropped.
+pub struct Setup {
+    files: Files,
     config: Option<PathBuf>,
     unix_socket: Option<Option<String>>,
     token: Option<Token>,
@@ -146,7 +174,7 @@ impl Setup {
     pub fn with_users(rules: &str, htpasswd: &str) -> Setup {
         let setup = Setup::bare();
         let htpasswd_path = setup.path("users.htpasswd");
-        super::files::write(&setup.rules, rules);
+        super::files::write(setup.rules(), rules);
         super::files::write(&htpasswd_path, htpasswd);
         setup.htpasswd_at(Some(htpasswd_path))
     }
@@ -159,9 +187,11 @@ impl Setup {
             Err(error) => panic!("{error:#}"),
         };
         Setup {
-            rules: dir.join("registry.rules"),
-            dir,
-            htpasswd: None,
+            files: Files {
+                rules: dir.join("registry.rules"),
+                dir,
+                htpasswd: None,
+            },
             config: None,
             unix_socket: None,
             token: None,
@@ -172,29 +202,13 @@ impl Setup {
         }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    pub fn rules(&self) -> &Path {
-        &self.rules
-    }
-
-    /// The htpasswd file; fails the test if there is none.
-    pub fn htpasswd(&self) -> &Path {
-        match &self.htpasswd {
-            Some(path) => path,
-            None => panic!("this setup has no htpasswd file"),
-        }
-    }
-
     pub fn rules_at(mut self, path: PathBuf) -> Setup {
-        self.rules = path;
+        self.files.rules = path;
         self
     }
 
     pub fn htpasswd_at(mut self, path: Option<PathBuf>) -> Setup {
-        self.htpasswd = path;
+        self.files.htpasswd = path;
         self
     }
 
@@ -271,8 +285,8 @@ impl Setup {
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         } else {
-            command.arg("--rules").arg(&self.rules);
-            if let Some(htpasswd) = &self.htpasswd {
+            command.arg("--rules").arg(self.rules());
+            if let Some(htpasswd) = &self.files.htpasswd {
                 command.arg("--htpasswd").arg(htpasswd);
             }
         }
@@ -361,9 +375,7 @@ impl Setup {
             realm: self.token_args(&endpoint).map(|(realm, _, _)| realm),
             process,
             endpoint,
-            rules: self.rules,
-            htpasswd: self.htpasswd,
-            dir: self.dir,
+            files: self.files,
             _turn: turn,
         })
     }
@@ -395,10 +407,24 @@ pub struct CselAuth {
     process: ProcessGuard,
     endpoint: Endpoint,
     realm: Option<String>,
-    rules: PathBuf,
-    htpasswd: Option<PathBuf>,
-    dir: TestDir,
+    files: Files,
     _turn: Turn,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Files;
+
+    fn deref(&self) -> &Files {
+        &self.files
+    }
+}
+
+impl std::ops::Deref for CselAuth {
+    type Target = Files;
+
+    fn deref(&self) -> &Files {
+        &self.files
+    }
 }
 
 impl Drop for CselAuth {
@@ -427,26 +453,6 @@ impl CselAuth {
     /// The realm announced in Bearer challenges (token mode).
     pub fn realm(&self) -> &str {
         self.realm.as_deref().unwrap_or_default()
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    pub fn rules(&self) -> &Path {
-        &self.rules
-    }
-
-    /// The htpasswd file; fails the test if there is none.
-    pub fn htpasswd(&self) -> &Path {
-        match &self.htpasswd {
-            Some(path) => path,
-            None => panic!("this service has no htpasswd file"),
-        }
     }
 
     pub fn signal(&self, signal: Signal) {

@@ -68,19 +68,13 @@ pub fn succeeded(out: CmdOutput) -> Result<CmdOutput> {
     out.ok()
 }
 
-/// The command failed and its output contains `expected` (the client's
-/// exact error text; the output is shown when it does not).
+/// The command failed and its output contains `expected` (the client's exact error text; the
+/// output is shown when it does not).
 pub fn failed_with(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    let out = out.failed()?;
-    ensure!(
-        out.combined().contains(expected),
-        "expected the output to contain\n    {expected}\nbut it was:\n{out}"
-    );
-    Ok(out)
+    containing(out.failed()?, expected)
 }
 
-/// The command failed and its stderr, without surrounding white space, is
-/// exactly `expected`.
+/// The command failed and its stderr, without surrounding white space, is exactly `expected`.
 pub fn failed_with_stderr(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     let out = out.failed()?;
     ensure!(
@@ -92,10 +86,28 @@ pub fn failed_with_stderr(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
 
 /// The command succeeded and its output contains `expected`.
 pub fn succeeded_with(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    let out = out.ok()?;
+    containing(out.ok()?, expected)
+}
+
+fn containing(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     ensure!(
         out.combined().contains(expected),
         "expected the output to contain\n    {expected}\nbut it was:\n{out}"
+    );
+    Ok(out)
+}
+
+/// How long a refused push may take. It is a few round trips on loopback; a client retrying the
+/// refused upload takes tens of seconds (docker: five attempts, 5 to 20 s apart, ~50 s).
+/// Generous for a busy 2-core machine.
+pub const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
+
+/// A refused push that ended at once (within [`REFUSED_PUSH_BOUND`]), not retried.
+pub fn refused_at_once(out: CmdOutput) -> Result<CmdOutput> {
+    ensure!(
+        out.duration <= REFUSED_PUSH_BOUND,
+        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: the client retried it\n{out}",
+        out.duration
     );
     Ok(out)
 }

@@ -639,7 +639,7 @@ const NOBODY: u32 = 65534;
 /// Makes the setup's directory and files usable by [`NOBODY`].
 fn open_to_nobody(setup: &Setup) {
     use std::os::unix::fs::PermissionsExt;
-    for path in [setup.dir.path(), setup.rules(), setup.htpasswd()] {
+    for path in [setup.dir(), setup.rules(), setup.htpasswd()] {
         let mode = if path.is_dir() { 0o777 } else { 0o644 };
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
     }
