@@ -1,4 +1,6 @@
-//! Every integration test of csel-auth, in one test binary.
+//! Every integration test of csel-auth, in one test binary: each module is a group, run alone
+//! with a filter (`cargo test --test main -- reliability::`). What the groups share is in
+//! [`kit`].
 
 mod kit;
 

@@ -805,7 +805,7 @@ fn serve_takes_its_settings_from_a_config_file_and_flags_win() {
     let setup = Setup::new(RULES);
     let config = setup.path("csel-auth.toml");
     // Relative paths follow the config file; `listen` here is overridden by
-    // the harness's `--listen`, so the service answering proves flags win.
+    // the kit's `--listen`, so the service answering proves flags win.
     write(
         &config,
         "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nlisten = \"127.0.0.1:1\"\nrealm = \"from-the-config\"\n\n[log]\nfilter = \"info\"\n",
