@@ -1,10 +1,14 @@
 //! A Basic login answered from the LDAP login cache (the `Authorization` header parsed, the
 //! secret-keyed cache key computed, the cache consulted), beside the same login answered from
 //! the htpasswd login cache. The cache is filled by one real login against a local slapd
-//! (tests/ldap/slapd.rs); the benchmark checks afterwards that no request reached it.
+//! (tests/kit/slapd.rs); the benchmark checks afterwards that no request reached it.
 
-#[path = "../tests/ldap/slapd.rs"]
-mod slapd;
+// The integration tests' kit, for its slapd; the rest of it is unused here.
+#[allow(dead_code)]
+#[path = "../tests/kit/mod.rs"]
+mod kit;
+
+use kit::slapd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

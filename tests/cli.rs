@@ -1,14 +1,12 @@
 //! The operator commands, run as the real binary: exit statuses and output.
 
-mod support;
+use crate::kit::service::{binary, Setup};
+use crate::kit::{basic, password};
 
 use std::process::{Command, Output};
 
 fn csel_auth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_csel-auth"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(binary()).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -25,6 +23,19 @@ fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, String) {
     std::fs::write(&path, content).unwrap();
     (dir, path.to_string_lossy().into_owned())
 }
+
+/// `csel-auth check r.rules --htpasswd users.htpasswd` on these files: its output, and the
+/// directory and the path of the rules file.
+fn check_with_htpasswd(rules: &str, htpasswd: &str) -> (Output, tempfile::TempDir, String) {
+    let (dir, rules) = temp_file("r.rules", rules);
+    let users = dir.path().join("users.htpasswd");
+    std::fs::write(&users, htpasswd).unwrap();
+    let output = csel_auth(&["check", &rules, "--htpasswd", &users.to_string_lossy()]);
+    (output, dir, rules)
+}
+
+/// A valid htpasswd line (bcrypt, cost 4).
+const ALICE: &str = "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\n";
 
 #[test]
 fn example_decisions_hold() {
@@ -78,17 +89,10 @@ fn check_reports_errors_with_position_and_exits_non_zero() {
 
 #[test]
 fn check_warns_about_classic_mistakes() {
-    let (dir, rules) = temp_file(
-        "r.rules",
+    let (o, _dir, rules) = check_with_htpasswd(
         "selector all = format == \"docker\"\nselector team = path =^ \"/v2/team\"\nselector lib = path =~ \"^/v2/library/\"\nselector unused = path == \"/x\"\ngroup g = ghost\ngrant pull on all, team, lib to anonymous, @g\n",
+        ALICE,
     );
-    let htpasswd = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &htpasswd,
-        "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\n",
-    )
-    .unwrap();
-    let o = csel_auth(&["check", &rules, "--htpasswd", &htpasswd.to_string_lossy()]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     for wanted in [
@@ -275,16 +279,16 @@ fn explain_and_the_service_agree() {
     let mut disagreements = Vec::new();
     for token_mode in [false, true] {
         let keys = tempfile::tempdir().unwrap();
-        let mut setup = support::Setup::new(&rules);
+        let mut setup = Setup::new(&rules);
         if token_mode {
             setup = setup.token_realm(keys.path().join("token.key"));
         }
         let service = setup.start();
         let authorization = |user: Option<&str>| -> Option<String> {
             if !token_mode {
-                return user.map(|u| support::basic(u, &support::password(u)));
+                return user.map(|u| basic(u, &password(u)));
             }
-            let login = user.map(|u| support::basic(u, &support::password(u)));
+            let login = user.map(|u| basic(u, &password(u)));
             let headers: Vec<(&str, &str)> = login.iter().map(|c| ("Authorization", c.as_str())).collect();
             let response = service.request("GET", "/token?service=test-registry", &headers, b"");
             assert_eq!(response.status, 200, "token for {user:?}: {}", response.text());
@@ -396,7 +400,7 @@ fn check_with_a_config_checks_the_files_it_names() {
 #[test]
 fn explain_into_a_closed_pipe_ends_without_a_panic() {
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+    let mut child = Command::new(binary())
         .args([
             "explain",
             "--rules",
@@ -419,17 +423,10 @@ fn explain_into_a_closed_pipe_ends_without_a_panic() {
 
 #[test]
 fn check_reports_a_user_with_an_unsupported_hash_as_an_error_and_checks_the_rest() {
-    let (dir, rules) = temp_file(
-        "r.rules",
+    let (o, _dir, _rules) = check_with_htpasswd(
         "selector lib = path =^ \"/v2/library/\"\ngroup team = alice, erin, ghost\ngrant pull on lib to @team\n",
+        &format!("{ALICE}erin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\n"),
     );
-    let htpasswd = dir.path().join("users.htpasswd");
-    std::fs::write(
-        &htpasswd,
-        "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgFJIwzWaK\nerin:$apr1$yk3TsPJK$v/TBpvFFLLK8VcNLgNCTI/\n",
-    )
-    .unwrap();
-    let o = csel_auth(&["check", &rules, "--htpasswd", &htpasswd.to_string_lossy()]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("users.htpasswd:2: "), "the error names file:line: {out}");

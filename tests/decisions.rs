@@ -2,80 +2,62 @@
 //! `tests/data/attacks.txt` are all denied, and their honest twins allowed
 //! (so the corpus would notice a decision engine that denies everything).
 
-use csel_auth::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Reason};
+use csel_auth::decision::{decide, AccessRequest, Answer, Reason};
 use csel_auth::rules::Rules;
+
+use crate::kit::answer;
+use crate::kit::cases::{attacks, Attack, CaseFile};
 
 fn example_rules() -> Rules {
     Rules::load(std::path::Path::new("examples/registry.rules")).unwrap()
 }
 
-/// `USER METHOD URI [CONTENT-TYPE]` decided and answered as the service would in basic mode
-/// (`token_mode` false: Basic credentials or none) or in token mode (every subject holds a token).
-fn answer_line(rules: &Rules, line: &str, token_mode: bool) -> Option<(Answer, Reason)> {
-    let mut fields = line.split(' ');
-    let (user, method, uri) = (fields.next()?, fields.next()?, fields.next()?);
-    let content_type = fields.next();
-    let user = Some(user).filter(|u| *u != "anonymous");
-    let credential = match (token_mode, user) {
-        (true, _) => Credential::Token,
-        (false, Some(_)) => Credential::Basic,
-        (false, None) => Credential::None,
-    };
-    let request = AccessRequest {
-        method,
-        uri,
-        format: "docker",
-        content_type,
-    };
-    let (decision, answer) = decide_and_answer(rules, user, credential, token_mode, &request);
-    Some((answer, decision.reason))
-}
-
-fn decide_line(rules: &Rules, line: &str) -> Option<(bool, Reason)> {
-    let mut fields = line.split(' ');
-    let (user, method, uri) = (fields.next()?, fields.next()?, fields.next()?);
-    let content_type = fields.next();
-    let user = Some(user).filter(|u| *u != "anonymous");
+/// Whether the request of `line` (`USER METHOD URI [CONTENT-TYPE]`, as in attacks.txt) is
+/// allowed under `rules`, and why.
+fn decide_line(rules: &Rules, line: &str) -> (bool, Reason) {
+    let attack = Attack::parse("line", line).unwrap_or_else(|e| panic!("{e}"));
     let decision = decide(
         rules,
-        user,
+        attack.user.as_deref(),
         &AccessRequest {
-            method,
-            uri,
+            method: &attack.method,
+            uri: &attack.uri,
             format: "docker",
-            content_type,
+            content_type: attack.content_type.as_deref(),
         },
     );
-    Some((decision.allowed, decision.reason))
+    (decision.allowed, decision.reason)
 }
 
 #[test]
 fn hostile_requests_are_all_denied() {
     let rules = example_rules();
-    let text = include_str!("data/attacks.txt");
+    let attacks = attacks();
     let mut allowed = Vec::new();
-    let mut count = 0;
-    for (number, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        count += 1;
+    for attack in &attacks {
         for token_mode in [false, true] {
-            match answer_line(&rules, line, token_mode) {
-                Some((answer, _)) if answer != Answer::Allow => {}
-                Some((_, reason)) => allowed.push(format!(
-                    "attacks.txt:{}: ALLOWED ({reason}, token mode {token_mode}): {line}",
-                    number + 1
-                )),
-                None => allowed.push(format!("attacks.txt:{}: malformed line", number + 1)),
+            let (decision, answer) = answer(
+                &rules,
+                attack.user.as_deref(),
+                token_mode,
+                &attack.method,
+                &attack.uri,
+                attack.content_type.as_deref(),
+            );
+            if answer == Answer::Allow {
+                let who = attack.user.as_deref().unwrap_or("anonymous");
+                allowed.push(format!(
+                    "{}: ALLOWED ({}, token mode {token_mode}): {who} {} {}",
+                    attack.origin, decision.reason, attack.method, attack.uri
+                ));
             }
         }
     }
-    assert!(count >= 400, "only {count} attack lines");
     assert!(
         allowed.is_empty(),
-        "{} of {count} hostile requests allowed:\n{}",
+        "{} of {} hostile requests allowed:\n{}",
         allowed.len(),
+        attacks.len(),
         allowed.join("\n")
     );
 }
@@ -94,7 +76,7 @@ fn honest_twins_of_the_attacks_are_allowed() {
         "bob POST /v2/coolteam/app/blobs/uploads/".to_string(),
         "carol PUT /v2/carol/app/manifests/1".to_string(),
     ] {
-        let (allowed, reason) = decide_line(&rules, &line).unwrap();
+        let (allowed, reason) = decide_line(&rules, &line);
         assert!(allowed, "{line} was denied: {reason}");
     }
 }
@@ -125,7 +107,7 @@ fn docker_extras_give_their_reasons() {
         ),
     ];
     for (line, wanted) in cases {
-        let (allowed, reason) = decide_line(&rules, &line).unwrap();
+        let (allowed, reason) = decide_line(&rules, &line);
         assert!(!allowed, "{line} was allowed");
         assert!(
             reason.to_string().contains(wanted),
@@ -137,29 +119,18 @@ fn docker_extras_give_their_reasons() {
 /// `tests/data/catalog.txt`: which targets reach the catalog.
 #[test]
 fn only_a_target_that_names_the_catalog_reaches_it() {
-    let text = include_str!("data/catalog.txt");
-    let mut wrong = Vec::new();
-    let mut count = 0;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        count += 1;
-        let origin = format!("catalog.txt:{}", number + 1);
-        let Some((expected, expression)) = line.split_once(' ') else {
-            panic!("{origin}: expected `allow|deny EXPRESSION`");
+    CaseFile::read("catalog.txt").check_all(40, |case| {
+        let Some((expected, expression)) = case.line.trim().split_once(' ') else {
+            return Err("expected `allow|deny EXPRESSION`".to_string());
         };
         let expected = match expected {
             "allow" => true,
             "deny" => false,
-            other => panic!("{origin}: expected allow or deny, found {other}"),
+            other => return Err(format!("expected allow or deny, found {other}")),
         };
         let source = format!("grant pull on ({expression}) to anonymous\n");
-        let rules = match Rules::parse("catalog.rules", &source) {
-            Ok(rules) => rules,
-            Err(error) => panic!("{origin}: {error}"),
-        };
+        let rules = Rules::parse("catalog.rules", &source).map_err(|error| error.to_string())?;
+        let mut wrong = Vec::new();
         for uri in ["/v2/_catalog", "/v2/_catalog?n=100&last=a"] {
             let decision = decide(
                 &rules,
@@ -172,16 +143,16 @@ fn only_a_target_that_names_the_catalog_reaches_it() {
                 },
             );
             if decision.allowed != expected {
-                wrong.push(format!(
-                    "{origin}: GET {uri} {} ({}): {expression}",
-                    if decision.allowed { "allowed" } else { "denied" },
-                    decision.reason
-                ));
+                let what = if decision.allowed { "allowed" } else { "denied" };
+                wrong.push(format!("GET {uri} {what} ({})", decision.reason));
             }
         }
-    }
-    assert!(count >= 40, "only {count} catalog cases");
-    assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    });
 }
 
 /// A blob-upload POST may carry no Content-Type or `application/octet-stream` (any case, with

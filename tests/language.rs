@@ -7,7 +7,7 @@ use csel_auth::csel::{CompareOp, Comparison, Expr, Expression, Facts, Operand, P
 use csel_auth::rules::Rules;
 use proptest::prelude::*;
 
-const CASES: &str = include_str!("data/expressions.txt");
+use crate::kit::cases::CaseFile;
 
 fn run_case(kind: &str, expression: &str, rest: &str) -> Result<(), String> {
     let mut words = kind.split_whitespace();
@@ -63,35 +63,13 @@ fn run_case(kind: &str, expression: &str, rest: &str) -> Result<(), String> {
 
 #[test]
 fn expression_cases_from_data_file() {
-    let mut failures = Vec::new();
-    let mut count = 0;
-    for (number, line) in CASES.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parts: Vec<&str> = line.splitn(3, ";;").collect();
+    CaseFile::read("expressions.txt").check_all(150, |case| {
+        let parts: Vec<&str> = case.line.trim().splitn(3, ";;").collect();
         let [kind, expression, rest] = parts[..] else {
-            failures.push(format!("expressions.txt:{}: malformed case line", number + 1));
-            continue;
+            return Err("malformed case line: expected KIND ;; EXPRESSION ;; REST".to_string());
         };
-        count += 1;
-        if let Err(why) = run_case(kind.trim(), expression.trim(), rest.trim()) {
-            failures.push(format!(
-                "expressions.txt:{}: {}\n    {}",
-                number + 1,
-                line,
-                why.replace('\n', "\n    ")
-            ));
-        }
-    }
-    assert!(count >= 150, "only {count} cases");
-    assert!(
-        failures.is_empty(),
-        "{} of {count} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+        run_case(kind.trim(), expression.trim(), rest.trim())
+    });
 }
 
 /// The runner must be able to fail: a wrong expectation is reported.

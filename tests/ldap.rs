@@ -1,16 +1,14 @@
 //! The LDAP identity source against a real OpenLDAP server (Debian's slapd, started per test on
-//! 127.0.0.1 by tests/ldap/slapd.rs): logins, groups, injection, caching, TLS, outages.
+//! 127.0.0.1 by tests/kit/slapd.rs): logins, groups, injection, caching, TLS, outages.
 
-#[path = "ldap/slapd.rs"]
-mod slapd;
-
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
-use slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+
+use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+use crate::kit::wait::eventually;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";
@@ -135,25 +133,6 @@ fn names(list: &[&str]) -> Vec<String> {
     let mut names: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     names.sort();
     names
-}
-
-/// Polls `probe` until it returns `Some`, failing after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn is_unavailable(result: &Result<impl std::fmt::Debug, LdapError>) -> bool {
@@ -349,8 +328,8 @@ async fn a_removed_membership_ends_after_the_ttl_and_at_once_after_clear() {
     );
 
     let groups_now = eventually(
-        "alice's cached groups to expire",
         ttl + Duration::from_secs(10),
+        "alice's cached groups to expire",
         || async {
             let now = groups(&directory, "alice", "alice-pw").await;
             (!now.contains(&"devs".to_string())).then_some(now)
@@ -398,8 +377,8 @@ async fn a_changed_password_ends_the_cached_login_after_the_ttl() {
         "the new password works at once"
     );
     eventually(
-        "the old password to stop working",
         ttl + Duration::from_secs(10),
+        "the old password to stop working",
         || async { (directory.login("alice", "alice-pw").await == Err(LdapError::WrongCredentials)).then_some(()) },
     )
     .await;
@@ -439,14 +418,14 @@ async fn a_waiting_login_takes_over_when_the_one_asking_goes_away() {
         tokio::spawn(async move { directory.login("alice", "alice-pw").await })
     };
     let first = login(&directory);
-    eventually("the first login to be under way", Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), "the first login to be under way", || async {
         (directory.stats().logins_in_flight == 1).then_some(())
     })
     .await;
     let second = login(&directory);
     eventually(
-        "the second login to join the first",
         Duration::from_secs(10),
+        "the second login to join the first",
         || async { (directory.stats().shared == 1).then_some(()) },
     )
     .await;
@@ -463,7 +442,7 @@ async fn a_waiting_login_takes_over_when_the_one_asking_goes_away() {
         let directory = std::sync::Arc::clone(&directory);
         tokio::spawn(async move { directory.login("bob", "bob-pw").await })
     };
-    eventually("bob's login to be under way", Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), "bob's login to be under way", || async {
         (directory.stats().logins_in_flight == 1).then_some(())
     })
     .await;
@@ -560,7 +539,7 @@ async fn a_stopped_directory_lets_only_cached_logins_pass_and_recovery_needs_no_
     let directory = directory(&slapd, &[]);
     directory.login("alice", "alice-pw").await.unwrap();
 
-    slapd.stop().unwrap();
+    slapd.stop();
     let alice = directory.login("alice", "alice-pw").await;
     assert_eq!(alice.map(|l| l.groups().len()), Ok(3), "cached: still passes");
     for (user, password) in [
@@ -575,8 +554,8 @@ async fn a_stopped_directory_lets_only_cached_logins_pass_and_recovery_needs_no_
     assert!(is_unavailable(&directory.groups_of("alice").await));
     // Failures past the reconnect back-off: each is a new attempt, none a new outage.
     eventually(
-        "three failed attempts to reach the directory",
         Duration::from_secs(15),
+        "three failed attempts to reach the directory",
         || async {
             assert!(is_unavailable(&directory.login("bob", "bob-pw").await));
             (directory.stats().errors >= 3).then_some(())
@@ -589,8 +568,8 @@ async fn a_stopped_directory_lets_only_cached_logins_pass_and_recovery_needs_no_
 
     slapd.restart().unwrap();
     eventually(
-        "bob to log in once the directory is back",
         Duration::from_secs(15),
+        "bob to log in once the directory is back",
         || async {
             match directory.login("bob", "bob-pw").await {
                 Ok(_) => Some(()),
@@ -638,8 +617,8 @@ async fn a_directory_that_does_not_answer_times_out() {
     assert!(directory.login("alice", "alice-pw").await.is_ok(), "cached");
     slapd.resume().unwrap();
     eventually(
-        "bob to log in after the directory thaws",
         Duration::from_secs(15),
+        "bob to log in after the directory thaws",
         || async { directory.login("bob", "bob-pw").await.ok() },
     )
     .await;
@@ -679,9 +658,9 @@ async fn a_refused_service_account_or_a_missing_base_is_unavailable_not_a_wrong_
     assert!(is_unavailable(&directory.check().await));
     assert!(!directory.stats().up);
 
-    let directory = crate::directory(&slapd, &[]);
+    let directory = self::directory(&slapd, &[]);
     assert_eq!(directory.check().await, Ok(()));
-    let directory = crate::directory(&slapd, &[("user_base", "\"ou=nobody,dc=example,dc=org\"")]);
+    let directory = self::directory(&slapd, &[("user_base", "\"ou=nobody,dc=example,dc=org\"")]);
     match directory.check().await {
         Err(LdapError::Unavailable(why)) => assert!(why.contains("noSuchObject"), "{why}"),
         other => panic!("{other:?}"),

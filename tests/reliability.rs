@@ -12,19 +12,18 @@
 //!
 //! CI runs trimmed sizes; `CSEL_AUTH_FULL=1` runs the full-size versions (README, "Reliability").
 
-#[path = "reliability/common.rs"]
-mod common;
-#[path = "reliability/faults.rs"]
 mod faults;
-#[path = "reliability/fuzz.rs"]
 mod fuzz;
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "reliability/hostile.rs"]
 mod hostile;
-#[path = "reliability/reload.rs"]
 mod reload;
-#[path = "e2e/stack.rs"]
-mod stack;
-#[path = "reliability/timing.rs"]
 mod timing;
+
+use crate::kit::service::Setup;
+
+/// The service the reliability tests run: `rules` and `htpasswd` in a temporary directory, and
+/// no log line per decision (it would make the log the bottleneck of a load test).
+fn setup(rules: &str, htpasswd: &str) -> Setup {
+    Setup::with_users(rules, htpasswd)
+        .arg("--log")
+        .arg("csel_auth::decision=warn,info")
+}

@@ -2,86 +2,91 @@
 //! expects in `# expect:` lines — `ok`, `error LINE:COLUMN TEXT` (every one
 //! listed must be reported) or `warning LINE TEXT` (from `check`).
 
-use std::fs;
-
+use csel_auth::diagnostic::Diagnostics;
 use csel_auth::rules::{lint, LintOptions, Rules};
 
+use crate::kit::cases::files;
+
+/// Checks every `# expect:` line of the rules file `name`; an error starts with `name:LINE` of
+/// the expectation that does not hold.
 fn check_file(name: &str, text: &str) -> Result<(), String> {
-    let expectations: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+    let expectations: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(index, l)| Some((index + 1, l.strip_prefix("# expect: ")?)))
+        .collect();
     if expectations.is_empty() {
-        return Err("no `# expect:` line".into());
+        return Err(format!("{name}: no `# expect:` line"));
     }
     let parsed = Rules::parse(name, text);
-    for expectation in expectations {
-        let (kind, rest) = expectation.split_once(' ').unwrap_or((expectation, ""));
-        match kind {
-            "ok" => {
-                if let Err(e) = &parsed {
-                    return Err(format!("expected to load, got:\n{e}"));
-                }
+    for (line, expectation) in expectations {
+        check_expectation(name, &parsed, expectation).map_err(|why| format!("{name}:{line}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// Whether the rules `parsed` from the file `name` meet one expectation.
+fn check_expectation(name: &str, parsed: &Result<Rules, Diagnostics>, expectation: &str) -> Result<(), String> {
+    let (kind, rest) = expectation.split_once(' ').unwrap_or((expectation, ""));
+    match kind {
+        "ok" => {
+            if let Err(e) = parsed {
+                return Err(format!("expected to load, got:\n{e}"));
             }
-            "error" => {
-                let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
-                let errors = match &parsed {
-                    Ok(_) => return Err(format!("expected an error at {position}, but it loaded")),
-                    Err(e) => e,
-                };
-                let found = errors
-                    .0
-                    .iter()
-                    .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
-                if !found {
-                    return Err(format!(
-                        "expected an error at {position} containing `{wanted}`, got:\n{errors}"
-                    ));
-                }
-                if !errors.to_string().contains(&format!("--> {name}:{position}")) {
-                    return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
-                }
-            }
-            "warning" => {
-                let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
-                let rules = parsed.as_ref().map_err(|e| format!("expected to load, got:\n{e}"))?;
-                let warnings = lint(
-                    rules,
-                    &LintOptions {
-                        token_mode: false,
-                        known_users: None,
-                    },
-                );
-                if !warnings
-                    .iter()
-                    .any(|w| w.line.to_string() == line && w.message.contains(wanted))
-                {
-                    let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-                    return Err(format!(
-                        "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
-                    ));
-                }
-            }
-            other => return Err(format!("unknown expectation `{other}`")),
         }
+        "error" => {
+            let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
+            let errors = match parsed {
+                Ok(_) => return Err(format!("expected an error at {position}, but it loaded")),
+                Err(e) => e,
+            };
+            let found = errors
+                .0
+                .iter()
+                .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
+            if !found {
+                return Err(format!(
+                    "expected an error at {position} containing `{wanted}`, got:\n{errors}"
+                ));
+            }
+            if !errors.to_string().contains(&format!("--> {name}:{position}")) {
+                return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
+            }
+        }
+        "warning" => {
+            let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
+            let rules = parsed.as_ref().map_err(|e| format!("expected to load, got:\n{e}"))?;
+            let warnings = lint(
+                rules,
+                &LintOptions {
+                    token_mode: false,
+                    known_users: None,
+                },
+            );
+            if !warnings
+                .iter()
+                .any(|w| w.line.to_string() == line && w.message.contains(wanted))
+            {
+                let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+                return Err(format!(
+                    "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
+                ));
+            }
+        }
+        other => return Err(format!("unknown expectation `{other}`")),
     }
     Ok(())
 }
 
 #[test]
 fn rules_files_from_data_directory() {
-    let mut failures = Vec::new();
-    let mut count = 0;
-    let mut entries: Vec<_> = fs::read_dir("tests/data/rules")
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let rules_files = files("rules");
+    let failures: Vec<String> = rules_files
+        .iter()
+        .filter_map(|(name, text)| check_file(name, text).err())
+        .map(|why| format!("rules/{}", why.replace('\n', "\n    ")))
         .collect();
-    entries.sort();
-    for path in entries {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let text = fs::read_to_string(&path).unwrap();
-        count += 1;
-        if let Err(why) = check_file(&name, &text) {
-            failures.push(format!("{name}: {}", why.replace('\n', "\n    ")));
-        }
-    }
+    let count = rules_files.len();
     assert!(count >= 20, "only {count} rules files");
     assert!(
         failures.is_empty(),

@@ -4,15 +4,19 @@
 //!
 //! Reload latencies are printed; see them with `--nocapture`.
 
-mod support;
-
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::*;
+use crate::kit::files::{write, write_and_rename};
+use crate::kit::http::{Conn, Endpoint, Response};
+use crate::kit::metrics::parse_metrics;
+use crate::kit::process::Signal;
+use crate::kit::service::{alone, CselAuth, Setup, RELOAD_DEADLINE};
+use crate::kit::wait::{time_until, wait_for};
+use crate::kit::{basic, bcrypt_hash, password, standard_htpasswd, RULES};
 
 const LIBRARY: &str = "/v2/library/alpine/manifests/3.19";
 const COOLTEAM: &str = "/v2/coolteam/app/manifests/1.0";
@@ -42,7 +46,7 @@ fn assert_status(response: &Response, status: u16, context: &str) {
 }
 
 /// Every row of the outcome table in docs/requests.md.
-fn check_outcome_table(service: &Service) {
+fn check_outcome_table(service: &CselAuth) {
     // allowed → 200 + X-Auth-User
     let response = service.auth("GET", LIBRARY, None);
     assert_status(&response, 200, "anonymous pull of library");
@@ -177,19 +181,19 @@ fn outcome_table_over_tcp() {
 #[test]
 fn outcome_table_over_a_unix_socket_with_its_mode() {
     let mut service = Setup::new(RULES).unix_socket(Some("600")).start();
-    let Endpoint::Unix(socket) = service.endpoint.clone() else {
-        panic!("not a unix socket: {:?}", service.endpoint);
+    let Endpoint::Unix(socket) = service.endpoint().clone() else {
+        panic!("not a unix socket: {:?}", service.endpoint());
     };
     let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
     assert_eq!(mode.ok(), Some(0o600), "--socket-mode 600");
     check_outcome_table(&service);
 
-    service.signal(SIGTERM);
+    service.signal(Signal::SIGTERM);
     assert!(service.wait_exit(Duration::from_secs(15)).success());
     assert!(!socket.exists(), "the socket is removed at exit");
 
     let default = Setup::new(RULES).unix_socket(None).start();
-    let Endpoint::Unix(socket) = default.endpoint.clone() else {
+    let Endpoint::Unix(socket) = default.endpoint().clone() else {
         panic!("not a unix socket");
     };
     let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
@@ -275,13 +279,13 @@ fn many_requests_share_one_keep_alive_connection() {
         );
         assert_eq!(
             connection
-                .send("GET", "/auth", &[("X-Original-Method", "GET")], b"")
+                .request("GET", "/auth", &[("X-Original-Method", "GET")], b"")
                 .status,
             500
         );
-        assert_eq!(connection.send("GET", "/healthz", &[], b"").status, 200);
+        assert_eq!(connection.request("GET", "/healthz", &[], b"").status, 200);
     }
-    let metrics = connection.send("GET", "/metrics", &[], b"");
+    let metrics = connection.request("GET", "/metrics", &[], b"");
     assert_eq!(
         parse_metrics(&metrics.text())["csel_auth_decisions_total{outcome=\"allowed\"}"],
         100.0
@@ -318,7 +322,7 @@ fn rules_opening(namespace: &str) -> String {
     format!("{RULES}\ngrant pull on (path =^ \"/v2/{namespace}/\") to anonymous\n")
 }
 
-fn is_open(service: &Service, namespace: &str) -> bool {
+fn is_open(service: &CselAuth, namespace: &str) -> bool {
     service
         .auth("GET", &format!("/v2/{namespace}/x/manifests/1"), None)
         .status
@@ -328,7 +332,7 @@ fn is_open(service: &Service, namespace: &str) -> bool {
 /// Applies `change` (rules opening `to` instead of `from`) and waits, at
 /// most [`RELOAD_DEADLINE`] from the moment `change` returns, for the
 /// decision to flip. Returns and prints the latency.
-fn assert_flips(service: &Service, what: &str, from: &str, to: &str, change: impl FnOnce()) -> Duration {
+fn assert_flips(service: &CselAuth, what: &str, from: &str, to: &str, change: impl FnOnce()) -> Duration {
     assert!(
         is_open(service, from) && !is_open(service, to),
         "{what}: before the change"
@@ -345,15 +349,16 @@ fn assert_flips(service: &Service, what: &str, from: &str, to: &str, change: imp
 
 #[test]
 fn reload_after_an_in_place_write() {
-    let setup = Setup::new(&rules_opening("ns-a")).alone();
+    let _alone = alone();
+    let setup = Setup::new(&rules_opening("ns-a"));
     let service = setup.start();
-    let rules = service.rules.clone();
+    let rules = service.rules().to_path_buf();
     assert_flips(&service, "in-place write", "ns-a", "ns-b", || {
-        write(&rules, &rules_opening("ns-b"))
+        write(&rules, rules_opening("ns-b"))
     });
     // Same length again: the modification time alone may not change.
     assert_flips(&service, "in-place write, same size", "ns-b", "ns-a", || {
-        write(&rules, &rules_opening("ns-a"))
+        write(&rules, rules_opening("ns-a"))
     });
     assert_eq!(service.metric("csel_auth_version{file=\"rules\"}"), 3.0);
     assert_eq!(
@@ -364,13 +369,14 @@ fn reload_after_an_in_place_write() {
 
 #[test]
 fn reload_after_write_to_temporary_and_rename() {
-    let service = Setup::new(&rules_opening("ns-a")).alone().start();
-    let rules = service.rules.clone();
+    let _alone = alone();
+    let service = Setup::new(&rules_opening("ns-a")).start();
+    let rules = service.rules().to_path_buf();
     assert_flips(&service, "write and rename", "ns-a", "ns-b", || {
-        write_and_rename(&rules, &rules_opening("ns-b"))
+        write_and_rename(&rules, rules_opening("ns-b"))
     });
     assert_flips(&service, "write and rename, again", "ns-b", "ns-a", || {
-        write_and_rename(&rules, &rules_opening("ns-a"))
+        write_and_rename(&rules, rules_opening("ns-a"))
     });
 }
 
@@ -397,14 +403,15 @@ fn git(directory: &Path, args: &[&str]) -> String {
 
 #[test]
 fn reload_after_git_checkout() {
-    let setup = Setup::new(&rules_opening("ns-a")).alone();
-    let directory = setup.dir.path().to_path_buf();
+    let _alone = alone();
+    let setup = Setup::new(&rules_opening("ns-a"));
+    let directory = setup.dir().to_path_buf();
     let rules = setup.path("registry.rules");
     git(&directory, &["init", "-q"]);
     git(&directory, &["add", "registry.rules"]);
     git(&directory, &["commit", "-q", "-m", "open ns-a"]);
     let first = git(&directory, &["rev-parse", "HEAD"]);
-    write(&rules, &rules_opening("ns-b"));
+    write(&rules, rules_opening("ns-b"));
     git(&directory, &["commit", "-q", "-a", "-m", "open ns-b"]);
     let second = git(&directory, &["rev-parse", "HEAD"]);
     git(&directory, &["checkout", "-q", &first]);
@@ -424,13 +431,14 @@ fn reload_after_git_checkout() {
 /// directory.
 #[test]
 fn reload_after_a_kubernetes_symlink_swap() {
+    let _alone = alone();
     let setup = Setup::bare();
     let volume = setup.path("config");
     let publish = |version: &str, rules: &str| {
         let data = volume.join(version);
         std::fs::create_dir_all(&data).unwrap();
         write(&data.join("registry.rules"), rules);
-        write(&data.join("users.htpasswd"), &standard_htpasswd());
+        write(&data.join("users.htpasswd"), standard_htpasswd());
     };
     let swap_to = |version: &str| {
         let new_link = volume.join("..data_tmp");
@@ -444,7 +452,6 @@ fn reload_after_a_kubernetes_symlink_swap() {
     let service = setup
         .rules_at(volume.join("registry.rules"))
         .htpasswd_at(Some(volume.join("users.htpasswd")))
-        .alone()
         .start();
 
     publish("..2024_01_02_00_00_00.2", &rules_opening("ns-b"));
@@ -463,13 +470,14 @@ fn reload_after_a_kubernetes_symlink_swap() {
 
 #[test]
 fn reload_after_a_file_is_deleted_and_created_again() {
-    let service = Setup::new(&rules_opening("ns-a")).alone().start();
-    let rules = service.rules.clone();
+    let _alone = alone();
+    let service = Setup::new(&rules_opening("ns-a")).start();
+    let rules = service.rules().to_path_buf();
     assert_flips(&service, "delete, then create", "ns-a", "ns-b", || {
         std::fs::remove_file(&rules).unwrap();
         // A slow writer: the service sees the file missing for a while.
         std::thread::sleep(Duration::from_millis(40));
-        write(&rules, &rules_opening("ns-b"));
+        write(&rules, rules_opening("ns-b"));
     });
     assert_eq!(
         service.metric("csel_auth_reloads_total{file=\"rules\",result=\"failed\"}"),
@@ -482,15 +490,16 @@ fn reload_after_a_file_is_deleted_and_created_again() {
 /// later edits of `b/registry.rules` must be seen as quickly.
 #[test]
 fn reload_follows_a_symlink_to_its_new_directory() {
+    let _alone = alone();
     let setup = Setup::bare();
     let (first, second) = (setup.path("a"), setup.path("b"));
     for (directory, namespace) in [(&first, "ns-a"), (&second, "ns-b")] {
         std::fs::create_dir(directory).unwrap();
-        write(&directory.join("registry.rules"), &rules_opening(namespace));
+        write(&directory.join("registry.rules"), rules_opening(namespace));
     }
     let link = setup.path("registry.rules");
     symlink("a/registry.rules", &link).unwrap();
-    let service = setup.alone().start();
+    let service = setup.start();
     assert_flips(&service, "symlink retargeted", "ns-a", "ns-b", || {
         let new_link = link.with_extension("new-link");
         symlink("b/registry.rules", &new_link).unwrap();
@@ -501,11 +510,11 @@ fn reload_follows_a_symlink_to_its_new_directory() {
         "in-place write behind the retargeted symlink",
         "ns-b",
         "ns-c",
-        || write(&second.join("registry.rules"), &rules_opening("ns-c")),
+        || write(&second.join("registry.rules"), rules_opening("ns-c")),
     );
     // The old directory is no longer the rules: changing it changes nothing.
-    write(&first.join("registry.rules"), &rules_opening("ns-d"));
-    service.signal(SIGHUP);
+    write(&first.join("registry.rules"), rules_opening("ns-d"));
+    service.signal(Signal::SIGHUP);
     wait_for(Duration::from_secs(10), "the SIGHUP reload", || {
         (service.metric("csel_auth_version{file=\"rules\"}") == 4.0).then_some(())
     });
@@ -522,12 +531,12 @@ fn sighup_is_handled_while_every_connection_slot_is_taken() {
         .start();
     // The only slot: the service cannot accept another connection now.
     let mut connection = service.connect();
-    let version = |connection: &mut Connection| {
-        let response = connection.send("GET", "/metrics", &[], b"");
+    let version = |connection: &mut Conn| {
+        let response = connection.request("GET", "/metrics", &[], b"");
         parse_metrics(&response.text())["csel_auth_version{file=\"rules\"}"]
     };
     assert_eq!(version(&mut connection), 1.0);
-    service.signal(SIGHUP);
+    service.signal(Signal::SIGHUP);
     wait_for(Duration::from_secs(10), "the SIGHUP reload", || {
         (version(&mut connection) == 2.0).then_some(())
     });
@@ -535,11 +544,12 @@ fn sighup_is_handled_while_every_connection_slot_is_taken() {
 
 #[test]
 fn sighup_reloads_both_files() {
+    let _alone = alone();
     // No periodic check during the test: only the signal can cause the reload.
-    let service = Setup::new(RULES).arg("--reload-interval").arg("3600").alone().start();
+    let service = Setup::new(RULES).arg("--reload-interval").arg("3600").start();
     let version = |file: &str| service.metric(&format!("csel_auth_version{{file=\"{file}\"}}"));
     assert_eq!((version("rules"), version("htpasswd")), (1.0, 1.0));
-    service.signal(SIGHUP);
+    service.signal(Signal::SIGHUP);
     let latency = time_until(RELOAD_DEADLINE, || {
         version("rules") == 2.0 && version("htpasswd") == 2.0
     });
@@ -553,15 +563,16 @@ fn sighup_reloads_both_files() {
 
 #[test]
 fn a_broken_rules_file_keeps_the_old_rules_until_fixed() {
-    let service = Setup::new(&rules_opening("ns-a")).alone().start();
-    let rules = service.rules.clone();
+    let _alone = alone();
+    let service = Setup::new(&rules_opening("ns-a")).start();
+    let rules = service.rules().to_path_buf();
     let sample = |name: &str| service.metric(name);
     const FAILING: &str = "csel_auth_reload_failing{file=\"rules\"}";
     const FAILED: &str = "csel_auth_reloads_total{file=\"rules\",result=\"failed\"}";
     const OK: &str = "csel_auth_reloads_total{file=\"rules\",result=\"ok\"}";
     assert_eq!((sample(FAILING), sample(FAILED), sample(OK)), (0.0, 0.0, 0.0));
 
-    write_and_rename(&rules, &format!("{RULES}\ngrant pull on libary to anonymous\n"));
+    write_and_rename(&rules, format!("{RULES}\ngrant pull on libary to anonymous\n"));
     let latency = time_until(RELOAD_DEADLINE, || sample(FAILING) == 1.0);
     let Some(latency) = latency else {
         panic!("the failed reload did not show in /metrics within {RELOAD_DEADLINE:?}");
@@ -581,7 +592,7 @@ fn a_broken_rules_file_keeps_the_old_rules_until_fixed() {
     assert!(is_open(&service, "ns-a"), "the last good rules stay in force");
     assert_eq!(sample("csel_auth_version{file=\"rules\"}"), 1.0);
 
-    write_and_rename(&rules, &rules_opening("ns-b"));
+    write_and_rename(&rules, rules_opening("ns-b"));
     let latency = time_until(RELOAD_DEADLINE, || is_open(&service, "ns-b") && sample(FAILING) == 0.0);
     let Some(latency) = latency else {
         panic!("the fixed file was not in force within {RELOAD_DEADLINE:?}");
@@ -594,8 +605,9 @@ fn a_broken_rules_file_keeps_the_old_rules_until_fixed() {
 
 #[test]
 fn an_htpasswd_change_invalidates_cached_logins_at_once() {
-    let service = Setup::new(RULES).alone().start();
-    let htpasswd = service.htpasswd.clone().unwrap();
+    let _alone = alone();
+    let service = Setup::new(RULES).start();
+    let htpasswd = service.htpasswd().to_path_buf();
     let own = |user: &str, pass: &str| service.auth("GET", &format!("/v2/{user}/app/manifests/1"), Some((user, pass)));
     let bcrypt = || service.metric("csel_auth_bcrypt_checks_total");
     for user in ["alice", "bob", "carol"] {
@@ -691,13 +703,13 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         wait_for(Duration::from_secs(10), "the login to be held back", || {
             (service.metric("csel_auth_throttled_logins_total") > throttled).then_some(())
         });
-        service.signal(SIGTERM);
+        service.signal(Signal::SIGTERM);
         in_flight.join().unwrap()
     });
     assert_basic_challenge(&response, "the request in flight at SIGTERM");
     let status = service.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status:?}");
-    let log = service.log_text();
+    let log = service.log();
     let shutdown = log.find("shutting down").unwrap_or(usize::MAX);
     let answered = log.rfind("status=401").unwrap_or(0);
     assert!(shutdown < answered, "the request was answered after SIGTERM:\n{log}");
@@ -789,15 +801,16 @@ fn metrics_cover_decisions_reloads_logins_and_latency() {
 
 #[test]
 fn serve_takes_its_settings_from_a_config_file_and_flags_win() {
+    let _alone = alone();
     let setup = Setup::new(RULES);
     let config = setup.path("csel-auth.toml");
     // Relative paths follow the config file; `listen` here is overridden by
-    // the harness's `--listen`, so the service answering proves flags win.
+    // the kit's `--listen`, so the service answering proves flags win.
     write(
         &config,
         "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nlisten = \"127.0.0.1:1\"\nrealm = \"from-the-config\"\n\n[log]\nfilter = \"info\"\n",
     );
-    let service = setup.config_file(config).alone().start();
+    let service = setup.config_file(config).start();
     assert_status(&service.auth("GET", LIBRARY, None), 200, "anonymous pull of library");
     let anonymous = service.auth("GET", COOLTEAM, None);
     assert_status(&anonymous, 401, "anonymous on coolteam");
@@ -816,6 +829,7 @@ fn serve_takes_its_settings_from_a_config_file_and_flags_win() {
 
 #[test]
 fn sighup_says_which_config_changes_need_a_restart() {
+    let _alone = alone();
     let setup = Setup::new(RULES);
     let config = setup.path("csel-auth.toml");
     write(
@@ -826,13 +840,12 @@ fn sighup_says_which_config_changes_need_a_restart() {
         .config_file(config.clone())
         .arg("--reload-interval")
         .arg("3600")
-        .alone()
         .start();
     write(
         &config,
         "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\nrealm = \"two\"\n",
     );
-    service.signal(SIGHUP);
+    service.signal(Signal::SIGHUP);
     let line = service.wait_for_log("take effect at the next restart", RELOAD_DEADLINE);
     assert!(line.contains("realm"), "the changed key is named: {line}");
     let anonymous = service.auth("GET", COOLTEAM, None);
@@ -847,7 +860,7 @@ fn sighup_says_which_config_changes_need_a_restart() {
 // Password guessing, long names and htpasswd problems
 
 /// One `/auth` subrequest for `user:pass` from client address `address`.
-fn login_from(service: &Service, address: &str, user: &str, pass: &str) -> Response {
+fn login_from(service: &CselAuth, address: &str, user: &str, pass: &str) -> Response {
     let credentials = basic(user, pass);
     service.auth_headers(&[
         ("X-Original-URI", &format!("/v2/{user}/app/manifests/1")),
@@ -860,7 +873,7 @@ fn login_from(service: &Service, address: &str, user: &str, pass: &str) -> Respo
 /// Guesses at `user`'s password: `connections` connections at once, each sending `per_connection`
 /// wrong passwords in turn, connection `i` from `address(i)`. Returns every answer's status.
 fn guess_in_parallel(
-    service: &Service,
+    service: &CselAuth,
     user: &str,
     connections: usize,
     per_connection: usize,
@@ -880,7 +893,7 @@ fn guess_in_parallel(
                             let credentials = basic(user, &format!("guess-{i}-{guess}"));
                             let uri = format!("/v2/{user}/app/manifests/1");
                             connection
-                                .send(
+                                .request(
                                     "GET",
                                     "/auth",
                                     &[
@@ -1040,7 +1053,7 @@ fn overlong_user_names_are_refused_before_anything_is_stored() {
 #[test]
 fn an_unsupported_hash_disables_only_its_user() {
     let service = Setup::new(RULES).start();
-    let htpasswd = service.htpasswd.clone().unwrap();
+    let htpasswd = service.htpasswd().to_path_buf();
     let own = |user: &str, pass: &str| service.auth("GET", &format!("/v2/{user}/app/manifests/1"), Some((user, pass)));
     for user in ["alice", "carol"] {
         assert_eq!(own(user, &password(user)).status, 200, "{user}");

@@ -2,8 +2,6 @@
 //! `/token` endpoint, Bearer challenges, tokens on `/auth`, and the key
 //! file shared across restarts and replicas.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,7 +12,11 @@ use csel_auth::identity::Htpasswd;
 use csel_auth::token::{self, Identity, Scope, TokenKey, TokenSettings};
 use serde_json::Value;
 
-use support::*;
+use crate::kit::files::{write, write_and_rename};
+use crate::kit::http::Response;
+use crate::kit::service::{alone, binary, CselAuth, Setup, RELOAD_DEADLINE};
+use crate::kit::wait::{time_until, wait_for};
+use crate::kit::{basic, bcrypt_hash, password, standard_htpasswd, RULES};
 
 const SERVICE: &str = "test-registry";
 const LIBRARY: &str = "/v2/library/alpine/manifests/3.19";
@@ -25,11 +27,11 @@ fn key_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("csel-auth-key-").tempdir().unwrap()
 }
 
-fn start(key: &Path) -> Service {
+fn start(key: &Path) -> CselAuth {
     Setup::new(RULES).token_realm(key.to_path_buf()).start()
 }
 
-fn start_with_refresh_tokens(key: &Path) -> Service {
+fn start_with_refresh_tokens(key: &Path) -> CselAuth {
     Setup::new(RULES)
         .token_realm(key.to_path_buf())
         .arg("--refresh-tokens")
@@ -37,13 +39,13 @@ fn start_with_refresh_tokens(key: &Path) -> Service {
 }
 
 /// GET /token with optional Basic credentials.
-fn get_token(service: &Service, query: &str, login: Option<(&str, &str)>) -> Response {
+fn get_token(service: &CselAuth, query: &str, login: Option<(&str, &str)>) -> Response {
     let credentials = login.map(|(user, pass)| basic(user, pass));
     let headers: Vec<(&str, &str)> = credentials.iter().map(|c| ("Authorization", c.as_str())).collect();
     service.request("GET", &format!("/token?{query}"), &headers, b"")
 }
 
-fn post_token(service: &Service, form: &str) -> Response {
+fn post_token(service: &CselAuth, form: &str) -> Response {
     service.request(
         "POST",
         "/token",
@@ -64,7 +66,7 @@ fn token_of(response: &Response) -> String {
     token
 }
 
-fn user_token(service: &Service, user: &str) -> String {
+fn user_token(service: &CselAuth, user: &str) -> String {
     token_of(&get_token(
         service,
         &format!("service={SERVICE}"),
@@ -72,7 +74,7 @@ fn user_token(service: &Service, user: &str) -> String {
     ))
 }
 
-fn anonymous_token(service: &Service) -> String {
+fn anonymous_token(service: &CselAuth) -> String {
     token_of(&get_token(service, &format!("service={SERVICE}"), None))
 }
 
@@ -82,7 +84,7 @@ fn claims(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-fn challenge(service: &Service, scope: Option<&str>, error: Option<&str>) -> String {
+fn challenge(service: &CselAuth, scope: Option<&str>, error: Option<&str>) -> String {
     let mut value = format!("Bearer realm=\"{}\",service=\"{SERVICE}\"", service.realm());
     if let Some(scope) = scope {
         value.push_str(&format!(",scope=\"{scope}\""));
@@ -504,8 +506,9 @@ fn invalid_tokens_are_refused_with_invalid_token() {
 
 #[test]
 fn a_rule_change_revokes_tokens_already_issued() {
+    let _alone = alone();
     let keys = key_dir();
-    let service = Setup::new(RULES).token_realm(keys.path().join("key")).alone().start();
+    let service = Setup::new(RULES).token_realm(keys.path().join("key")).start();
     let alice = user_token(&service, "alice");
     assert_allowed(
         &service.auth_bearer("PUT", COOLTEAM, &alice),
@@ -515,7 +518,7 @@ fn a_rule_change_revokes_tokens_already_issued() {
 
     let without_team = RULES.replace("grant push on coolteam to @coolteam", "");
     assert_ne!(without_team, RULES);
-    write_and_rename(&service.rules, &without_team);
+    write_and_rename(service.rules(), &without_team);
     let revoked = time_until(RELOAD_DEADLINE, || {
         service.auth_bearer("PUT", COOLTEAM, &alice).status == 401
     });
@@ -531,7 +534,7 @@ fn a_rule_change_revokes_tokens_already_issued() {
     );
 
     // A user removed from htpasswd loses their tokens too.
-    let htpasswd = service.htpasswd.clone().unwrap();
+    let htpasswd = service.htpasswd().to_path_buf();
     let remaining: String = standard_htpasswd()
         .lines()
         .filter(|line| !line.starts_with("alice:"))
@@ -623,15 +626,15 @@ fn a_password_change_ends_refresh_tokens_issued_before_it() {
 }
 
 /// `csel_auth_version{file="htpasswd"}`: the number of the htpasswd version in force.
-fn htpasswd_version(service: &Service) -> f64 {
+fn htpasswd_version(service: &CselAuth) -> f64 {
     service.metric("csel_auth_version{file=\"htpasswd\"}")
 }
 
 /// Replaces the htpasswd file (write + rename) and waits until the service
 /// has the new version in force.
-fn replace_htpasswd(service: &Service, text: &str) {
+fn replace_htpasswd(service: &CselAuth, text: &str) {
     let before = htpasswd_version(service);
-    let path = service.htpasswd.clone().unwrap();
+    let path = service.htpasswd().to_path_buf();
     write_and_rename(&path, text);
     wait_for(Duration::from_secs(10), "the new htpasswd in force", || {
         (htpasswd_version(service) > before).then_some(())
@@ -709,41 +712,15 @@ fn a_changed_or_recreated_password_entry_ends_access_tokens() {
 }
 
 /// Runs `csel-auth serve` in token mode with the key file `key`, expecting it
-/// to refuse to start; returns its exit status and stderr. Fails if it starts
+/// to refuse to start; returns its exit status and log. Fails if it starts
 /// serving instead.
 fn start_failure(key: &Path) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let setup = Setup::new(RULES);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_csel-auth"))
-        .arg("serve")
-        .arg("--rules")
-        .arg(setup.path("registry.rules"))
-        .arg("--htpasswd")
-        .arg(setup.path("users.htpasswd"))
-        .arg("--listen")
-        .arg(addr.to_string())
-        .args(["--token-realm", "http://127.0.0.1/token", "--token-key"])
-        .arg(key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_for(START_TIMEOUT, "csel-auth to exit", || {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("csel-auth started serving with the key file {}", key.display());
-        }
-        child.try_wait().unwrap()
-    });
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status, stderr)
+    Setup::new(RULES)
+        .arg("--token-realm")
+        .arg("http://127.0.0.1/token")
+        .arg("--token-key")
+        .arg(&key.display().to_string())
+        .start_expecting_failure()
 }
 
 #[test]
@@ -771,7 +748,7 @@ fn a_key_file_owned_by_another_user_is_refused() {
 
 #[test]
 fn the_default_key_file_is_absolute() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_csel-auth"))
+    let output = std::process::Command::new(binary())
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -792,7 +769,7 @@ fn anonymous_tokens_do_not_evict_a_users_cached_token() {
     let mut connection = service.connect();
     let mut auth = |token: &str| {
         let authorization = format!("Bearer {token}");
-        connection.send(
+        connection.request(
             "GET",
             "/auth",
             &[
@@ -830,14 +807,14 @@ fn refresh_tokens_are_issued_only_when_turned_on() {
     let keys = key_dir();
     let key_path = keys.path().join("key");
     let without = start(&key_path);
-    let offline_get = |service: &Service| {
+    let offline_get = |service: &CselAuth| {
         get_token(
             service,
             &format!("service={SERVICE}&offline_token=true"),
             Some(("alice", &password("alice"))),
         )
     };
-    let offline_post = |service: &Service| {
+    let offline_post = |service: &CselAuth| {
         post_token(
             service,
             &format!(
@@ -862,7 +839,7 @@ fn refresh_tokens_are_issued_only_when_turned_on() {
     token_of(&issued);
     let refresh = issued.json()["refresh_token"].as_str().unwrap_or_default().to_string();
     assert!(!refresh.is_empty(), "{}", issued.text());
-    let refresh_grant = |service: &Service| {
+    let refresh_grant = |service: &CselAuth| {
         post_token(
             service,
             &format!("grant_type=refresh_token&refresh_token={refresh}&service={SERVICE}"),

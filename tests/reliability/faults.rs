@@ -11,10 +11,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    self, exclusive, htpasswd, open_to_nobody, report, running_as_root, wait_for, Conn, Service, Setup, Subrequest,
-    NOBODY,
-};
+use crate::kit::files::write;
+use crate::kit::http::{Conn, Request};
+use crate::kit::service::{alone, binary, CselAuth, Setup};
+use crate::kit::wait::wait_for;
+use crate::kit::{full, htpasswd, report};
 
 /// The rules of the fault tests (and what they decide, below).
 const RULES: &str = "selector library = format == \"docker\" and path =^ \"/v2/library/\"\n\
@@ -60,7 +61,7 @@ impl Fault {
             Fault::Missing => {}
             Fault::Unreadable => {
                 use std::os::unix::fs::PermissionsExt;
-                common::write(path, RULES.as_bytes());
+                write(path, RULES.as_bytes());
                 let made = fs::set_permissions(path, fs::Permissions::from_mode(0o000));
                 assert!(made.is_ok(), "chmod: {made:?}");
             }
@@ -77,7 +78,7 @@ impl Fault {
                     file.write_all(line.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
                 }
             }
-            Fault::NotUtf8 => common::write(path, b"group team = al\xffice\n"),
+            Fault::NotUtf8 => write(path, b"group team = al\xffice\n"),
         }
     }
 
@@ -113,10 +114,10 @@ fn users() -> String {
     htpasswd(&["alice", "bob"], 4)
 }
 
-fn assert_decisions(service: &Service, when: &str) {
+fn assert_decisions(service: &CselAuth, when: &str) {
     for (user, method, path, status) in DECISIONS {
         assert_eq!(
-            service.auth(user, method, path),
+            service.auth_status(user, method, path),
             status,
             "{when}: {user:?} {method} {path}"
         );
@@ -127,11 +128,11 @@ fn assert_decisions(service: &Service, when: &str) {
 fn a_missing_unreadable_or_odd_file_stops_the_start_with_the_reason() {
     for which in ["rules", "htpasswd"] {
         for fault in Fault::ALL {
-            let setup = unprivileged(Setup::new(RULES, &users()));
+            let setup = unprivileged(super::setup(RULES, &users()));
             let path = if which == "rules" {
-                setup.rules.clone()
+                setup.rules().to_path_buf()
             } else {
-                setup.htpasswd.clone()
+                setup.htpasswd().to_path_buf()
             };
             fault.apply(&path);
             let started = Instant::now();
@@ -159,8 +160,8 @@ fn a_missing_unreadable_or_odd_file_stops_the_start_with_the_reason() {
 
 #[test]
 fn a_file_broken_while_running_leaves_the_last_version_in_force() {
-    let _turn = exclusive();
-    let service = unprivileged(Setup::new(RULES, &users()))
+    let _turn = alone();
+    let service = unprivileged(super::setup(RULES, &users()))
         .arg("--reload-interval")
         .arg("3600")
         .start();
@@ -168,9 +169,9 @@ fn a_file_broken_while_running_leaves_the_last_version_in_force() {
     let (_, start_peak) = service.memory_kib();
     for which in ["rules", "htpasswd"] {
         let path = if which == "rules" {
-            &service.setup().rules
+            service.rules()
         } else {
-            &service.setup().htpasswd
+            service.htpasswd()
         };
         let failed = format!("csel_auth_reloads_total{{file=\"{which}\",result=\"failed\"}}");
         let version = format!("csel_auth_version{{file=\"{which}\"}}");
@@ -187,7 +188,7 @@ fn a_file_broken_while_running_leaves_the_last_version_in_force() {
                 "{what}"
             );
             assert!(
-                service.log_text().contains(fault.reason()),
+                service.log().contains(fault.reason()),
                 "{what}: the log does not say `{}`",
                 fault.reason()
             );
@@ -200,7 +201,7 @@ fn a_file_broken_while_running_leaves_the_last_version_in_force() {
             } else {
                 users()
             };
-            common::write(path, good.as_bytes());
+            write(path, good.as_bytes());
             wait_for(Duration::from_secs(10), &format!("{what} repaired"), || {
                 (service.metric(&version) > loaded).then_some(())
             });
@@ -209,9 +210,9 @@ fn a_file_broken_while_running_leaves_the_last_version_in_force() {
     }
     // The new htpasswd is in force: bob's old password hash was replaced by a new one of the same
     // password, alice's too; a changed password shows it is really the new file.
-    common::write(&service.setup().htpasswd, htpasswd(&["bob"], 4).as_bytes());
+    write(service.htpasswd(), htpasswd(&["bob"], 4).as_bytes());
     wait_for(Duration::from_secs(10), "alice removed", || {
-        (service.auth(Some("alice"), "PUT", "/v2/team/app/manifests/1") == 401).then_some(())
+        (service.auth_status(Some("alice"), "PUT", "/v2/team/app/manifests/1") == 401).then_some(())
     });
     let (_, peak) = service.memory_kib();
     report(&format!(
@@ -230,7 +231,7 @@ fn a_file_broken_while_running_leaves_the_last_version_in_force() {
 /// in bounded memory, by `check` and by a running service.
 #[test]
 fn pathological_rules_are_refused_or_harmless() {
-    let _turn = exclusive();
+    let _turn = alone();
     let deep = 10_000;
     let grant = "\ngrant read on x to anonymous\n";
     let cases: Vec<(&str, String, Option<&str>)> = vec![
@@ -294,14 +295,17 @@ fn pathological_rules_are_refused_or_harmless() {
             None,
         ),
     ];
-    let service = Setup::new(RULES, &users()).arg("--reload-interval").arg("3600").start();
+    let service = super::setup(RULES, &users())
+        .arg("--reload-interval")
+        .arg("3600")
+        .start();
     let mut loaded = 1.0;
     for (what, text, refusal) in &cases {
         // `csel-auth check`, as an operator would run it.
-        let file = service.setup().path("case.rules");
-        common::write(&file, text.as_bytes());
+        let file = service.path("case.rules");
+        write(&file, text.as_bytes());
         let started = Instant::now();
-        let output = Command::new(common::binary())
+        let output = Command::new(binary())
             .arg("check")
             .arg(&file)
             .output()
@@ -319,7 +323,7 @@ fn pathological_rules_are_refused_or_harmless() {
         }
         // The same file as a reload.
         let failed = service.metric("csel_auth_reloads_total{file=\"rules\",result=\"failed\"}");
-        common::write(&service.setup().rules, text.as_bytes());
+        write(service.rules(), text.as_bytes());
         wait_for(
             Duration::from_secs(20),
             &format!("{what} to be reloaded or refused"),
@@ -336,12 +340,12 @@ fn pathological_rules_are_refused_or_harmless() {
             loaded += 1.0;
             // Loaded: x reads nothing real, and the library is no longer granted.
             assert_eq!(
-                service.auth(None, "GET", "/v2/library/alpine/manifests/1"),
+                service.auth_status(None, "GET", "/v2/library/alpine/manifests/1"),
                 401,
                 "{what}"
             );
-            assert_eq!(service.auth(None, "GET", "/v2/a7/manifests/1"), 401, "{what}");
-            common::write(&service.setup().rules, format!("{RULES}# after {what}\n").as_bytes());
+            assert_eq!(service.auth_status(None, "GET", "/v2/a7/manifests/1"), 401, "{what}");
+            write(service.rules(), format!("{RULES}# after {what}\n").as_bytes());
             wait_for(Duration::from_secs(20), "the good rules again", || {
                 (service.metric("csel_auth_version{file=\"rules\"}") > loaded).then_some(())
             });
@@ -362,13 +366,13 @@ fn pathological_rules_are_refused_or_harmless() {
 /// connection waits (it is not refused or dropped) and is served when a slot frees.
 #[test]
 fn slow_clients_holding_connections_do_not_break_the_service() {
-    let _turn = exclusive();
+    let _turn = alone();
     let slots: usize = 32;
-    let service = Setup::new(RULES, &users())
+    let service = super::setup(RULES, &users())
         .arg("--max-connections")
         .arg(&slots.to_string())
         .start();
-    let addr = service.addr;
+    let addr = service.addr();
     let partial = b"GET /auth HTTP/1.1\r\nHost: t\r\nX-Original-URI: /v2/library/a/manifests/1\r\n";
     let open_slow = |count: usize| -> Vec<TcpStream> {
         (0..count)
@@ -395,8 +399,10 @@ fn slow_clients_holding_connections_do_not_break_the_service() {
     // Every slot held (the rest of the slots by slow clients, and one request waiting).
     slow.extend(open_slow(slots - slow.len()));
     let waiting = std::thread::spawn(move || {
-        let mut connection = Conn::connect(addr).unwrap_or_else(|e| panic!("{e}"));
-        let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1").bytes();
+        let mut connection = Conn::tcp(addr).unwrap_or_else(|e| panic!("{e}"));
+        let request = Request::subrequest("GET", "/v2/library/alpine/manifests/1")
+            .with_nginx_headers()
+            .bytes();
         connection.send(&request).map(|r| r.status)
     });
     // One slow client finishes its request and leaves: its answer comes, then the waiting
@@ -416,7 +422,7 @@ fn slow_clients_holding_connections_do_not_break_the_service() {
     assert_decisions(&service, "after a slot freed");
     // With the full-size run, wait for the server to drop the slow clients itself (its header
     // read timeout is 75 s: longer than nginx keeps idle upstream connections).
-    if common::full() {
+    if full() {
         for (i, stream) in slow.iter_mut().enumerate() {
             stream
                 .set_read_timeout(Some(Duration::from_secs(120)))
@@ -470,7 +476,7 @@ fn raise_open_files_limit(wanted: u64) -> u64 {
 /// the service at the same time), once with the default 4096 slots (the rest wait).
 #[test]
 fn ten_thousand_concurrent_connections() {
-    let _turn = exclusive();
+    let _turn = alone();
     let wanted: usize = 10_000;
     let limit = raise_open_files_limit(wanted as u64 + 2_000);
     let connections = wanted.min(limit.saturating_sub(500) as usize);
@@ -483,11 +489,11 @@ fn ten_thousand_concurrent_connections() {
     // at once against the default 4096 slots, where those beyond the slots and the listen backlog
     // (1024) have their SYNs dropped and retried with back-off by the kernel (over a minute).
     let mut runs = vec![(connections + 100, true)];
-    if common::full() {
+    if full() {
         runs.push((4096, false));
     }
     for (slots, hold) in runs {
-        let service = Setup::new(RULES, &users())
+        let service = super::setup(RULES, &users())
             .arg("--max-connections")
             .arg(&slots.to_string())
             .start();
@@ -513,20 +519,20 @@ fn ten_thousand_concurrent_connections() {
 /// 512 are connecting or waiting for their answer at any moment, so the listen backlog never
 /// overflows; otherwise all connect at once and each closes after its answer. Returns (answers,
 /// wrong answers, failures).
-fn storm(service: &Service, count: usize, hold: bool) -> (usize, usize, usize) {
+fn storm(service: &CselAuth, count: usize, hold: bool) -> (usize, usize, usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let addr = service.addr;
+    let addr = service.addr();
     runtime.block_on(async move {
         let everyone = std::sync::Arc::new(tokio::sync::Barrier::new(count));
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(if hold { 512 } else { count }));
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..count {
             let (user, method, path, expected) = DECISIONS[i % DECISIONS.len()];
-            let mut request = Subrequest::new(method, path).user(user);
+            let mut request = Request::subrequest(method, path).with_nginx_headers().user(user);
             if !hold {
                 request = request.header(b"Connection", b"close");
             }
@@ -579,12 +585,16 @@ fn storm(service: &Service, count: usize, hold: bool) -> (usize, usize, usize) {
 /// descriptors free up.
 #[test]
 fn running_out_of_file_descriptors_is_survived() {
-    let _turn = exclusive();
-    let service = Setup::new(RULES, &users()).open_files_limit(64).start();
+    let _turn = alone();
+    let service = super::setup(RULES, &users()).open_files_limit(64).start();
     let mut first = service.connect();
-    let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1").bytes();
+    let request = Request::subrequest("GET", "/v2/library/alpine/manifests/1")
+        .with_nginx_headers()
+        .bytes();
     assert_eq!(first.send(&request).map(|r| r.status).ok(), Some(200));
-    let held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(service.addr).ok()).collect();
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(service.addr()).ok())
+        .collect();
     // Half a second with nothing to do but the connections it cannot accept (a measurement
     // window: the service should idle through it).
     let cpu_before = service.cpu_time();
@@ -598,10 +608,10 @@ fn running_out_of_file_descriptors_is_survived() {
         );
     }
     let cpu = service.cpu_time().saturating_sub(cpu_before);
-    let warnings = service.log_text().matches("accept failed").count();
+    let warnings = service.log().matches("accept failed").count();
     drop(held);
     wait_for(Duration::from_secs(10), "a new connection to be answered", || {
-        Conn::connect(service.addr)
+        Conn::tcp(service.addr())
             .and_then(|mut c| c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"))
             .ok()
             .filter(|r| r.status == 200)
@@ -614,4 +624,23 @@ fn running_out_of_file_descriptors_is_survived() {
         "the service spun: {cpu:?} of CPU in 0.5 s"
     );
     assert!(warnings < 100, "{warnings} `accept failed` log lines");
+}
+
+/// Whether this process runs as root (then file modes do not stop it, and the service must run
+/// as another user for "unreadable" to mean anything).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The user id tests run the service as when the test runs as root: `nobody`.
+const NOBODY: u32 = 65534;
+
+/// Makes the setup's directory and files usable by [`NOBODY`].
+fn open_to_nobody(setup: &Setup) {
+    use std::os::unix::fs::PermissionsExt;
+    for path in [setup.dir(), setup.rules(), setup.htpasswd()] {
+        let mode = if path.is_dir() { 0o777 } else { 0o644 };
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    }
 }

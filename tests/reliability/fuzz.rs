@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use csel_auth::rules::Rules;
 
-use crate::common::scale;
+use crate::kit::{expected_status, scale};
 
 #[path = "../../fuzz/checks.rs"]
 mod checks;
@@ -322,7 +322,7 @@ fn every_prefix_of_the_example_rules_is_safe() {
             (None, "GET", "/v2/bob/public/x/manifests/1"),
         ];
         let allowed = |rules: &Rules, (user, method, uri): (Option<&str>, &str, &str)| {
-            crate::common::expected_status(rules, user, method, uri, None) == 200
+            expected_status(rules, user, method, uri, None) == 200
         };
         let mut loaded = 0;
         for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {

@@ -6,18 +6,20 @@
 //! csel-auth's metrics show it allowed none of them. Honest controls must pass both ways.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{basic, exclusive, password, report, Conn, Setup, Subrequest};
-use crate::harness;
-use crate::stack::{Mode, Stack};
+use crate::kit::cases::{attacks, expand, unescape, CaseFile};
+use crate::kit::http::{Conn, Request};
+use crate::kit::metrics::parse_metrics;
+use crate::kit::nginx::{nginx_binaries, NginxBinary};
+use crate::kit::process::tail;
+use crate::kit::service::alone;
+use crate::kit::stack::{Mode, Stack};
+use crate::kit::{basic, password, report, verbose};
 
-const HOSTILE: &str = include_str!("../data/hostile.txt");
-const ATTACKS: &str = include_str!("../data/attacks.txt");
 const RULES: &str = include_str!("../../examples/registry.rules");
 const USERS: &str = include_str!("../../examples/users.htpasswd");
 
@@ -77,63 +79,22 @@ struct Case {
     body: Vec<u8>,
 }
 
-/// Expands `{TEXT*N}` and `{NAME}` placeholders, then the escapes `\s \t \r \n \xNN \\`.
-fn expand(field: &str, names: &HashMap<String, String>) -> Vec<u8> {
-    let mut text = String::new();
-    let mut rest = field;
-    while let Some(open) = rest.find('{') {
-        text.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}').map(|i| open + i) else {
-            break;
-        };
-        let inner = &rest[open + 1..close];
-        match (names.get(inner), inner.rsplit_once('*')) {
-            (Some(value), _) => text.push_str(value),
-            (None, Some((piece, count))) if count.parse::<usize>().is_ok() => {
-                text.push_str(&piece.repeat(count.parse().unwrap_or(0)));
-            }
-            _ => panic!("unknown placeholder {{{inner}}} in {field:?}"),
-        }
-        rest = &rest[close + 1..];
+/// A field of hostile.txt: `{TEXT*N}` and `{NAME}` placeholders, then the escapes
+/// `\s \t \r \n \xNN \\`.
+fn field(case: &str, field: &str, names: &HashMap<String, String>) -> Vec<u8> {
+    match expand(field, names).and_then(|text| unescape(&text)) {
+        Ok(bytes) => bytes,
+        Err(why) => panic!("{case}: {why}"),
     }
-    text.push_str(rest);
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        let (byte, used) = match bytes.get(i + 1) {
-            Some(b's') => (b' ', 2),
-            Some(b't') => (b'\t', 2),
-            Some(b'r') => (b'\r', 2),
-            Some(b'n') => (b'\n', 2),
-            Some(b'\\') => (b'\\', 2),
-            Some(b'x') => {
-                let hex = std::str::from_utf8(&bytes[i + 2..(i + 4).min(bytes.len())]).unwrap_or("");
-                let value = u8::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad \\x escape in {field:?}"));
-                (value, 4)
-            }
-            _ => panic!("bad escape in {field:?}"),
-        };
-        out.push(byte);
-        i += used;
-    }
-    out
 }
 
 fn parse_hostile(names: &HashMap<String, String>) -> Vec<Case> {
+    let file = CaseFile::read("hostile.txt");
     let mut cases = Vec::new();
-    for (index, line) in HOSTILE.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let origin = format!("hostile.txt:{}", index + 1);
-        let fields: Vec<&str> = line.split(' ').collect();
+    for line in file.cases() {
+        let origin = line.origin.clone();
+        let expand = |text: &str| field(&origin, text, names);
+        let fields: Vec<&str> = line.line.trim().split(' ').collect();
         let [expect, auth, method, uri, options @ ..] = fields.as_slice() else {
             panic!("{origin}: expected EXPECT AUTH METHOD URI [OPTION...]");
         };
@@ -145,32 +106,30 @@ fn parse_hostile(names: &HashMap<String, String>) -> Vec<Case> {
         };
         let (user, authorization) = match *auth {
             "-" => (None, None),
-            raw if raw.starts_with("raw:") => (None, Some(expand(&raw["raw:".len()..], names))),
+            raw if raw.starts_with("raw:") => (None, Some(expand(&raw["raw:".len()..]))),
             user => (Some(user.to_string()), Some(basic(user, &password(user)).into_bytes())),
         };
         let mut case = Case {
-            origin,
+            origin: origin.clone(),
             expect,
             user,
             authorization,
-            method: expand(method, names),
-            uri: expand(uri, names),
+            method: expand(method),
+            uri: expand(uri),
             client_headers: Vec::new(),
             removed: Vec::new(),
             body: Vec::new(),
         };
         for option in options {
             if let Some(header) = option.strip_prefix('+') {
-                let (name, value) = header
-                    .split_once(':')
-                    .unwrap_or_else(|| panic!("{}: {option}", case.origin));
-                case.client_headers.push((expand(name, names), expand(value, names)));
+                let (name, value) = header.split_once(':').unwrap_or_else(|| panic!("{origin}: {option}"));
+                case.client_headers.push((expand(name), expand(value)));
             } else if let Some(name) = option.strip_prefix('-') {
-                case.removed.push(expand(name, names));
+                case.removed.push(expand(name));
             } else if let Some(body) = option.strip_prefix("body:") {
-                case.body = expand(body, names);
+                case.body = expand(body);
             } else {
-                panic!("{}: unknown option {option}", case.origin);
+                panic!("{origin}: unknown option {option}");
             }
         }
         cases.push(case);
@@ -178,30 +137,23 @@ fn parse_hostile(names: &HashMap<String, String>) -> Vec<Case> {
     cases
 }
 
-/// `attacks.txt`: `USER METHOD URI [CONTENT-TYPE]`, every one to be denied.
+/// `attacks.txt`: every one to be denied.
 fn parse_attacks() -> Vec<Case> {
-    ATTACKS
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty() && !line.trim().starts_with('#'))
-        .map(|(index, line)| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (user, method, uri) = (fields[0], fields[1], fields[2]);
-            let user = Some(user).filter(|u| *u != "anonymous");
-            Case {
-                origin: format!("attacks.txt:{}", index + 1),
-                expect: Expect::Deny,
-                user: user.map(str::to_string),
-                authorization: user.map(|u| basic(u, &password(u)).into_bytes()),
-                method: method.as_bytes().to_vec(),
-                uri: uri.as_bytes().to_vec(),
-                client_headers: fields
-                    .get(3)
-                    .map(|t| vec![(b"Content-Type".to_vec(), t.as_bytes().to_vec())])
-                    .unwrap_or_default(),
-                removed: Vec::new(),
-                body: Vec::new(),
-            }
+    attacks()
+        .into_iter()
+        .map(|attack| Case {
+            origin: attack.origin,
+            expect: Expect::Deny,
+            authorization: attack.user.as_deref().map(|u| basic(u, &password(u)).into_bytes()),
+            user: attack.user,
+            method: attack.method.into_bytes(),
+            uri: attack.uri.into_bytes(),
+            client_headers: attack
+                .content_type
+                .map(|t| vec![(b"Content-Type".to_vec(), t.into_bytes())])
+                .unwrap_or_default(),
+            removed: Vec::new(),
+            body: Vec::new(),
         })
         .collect()
 }
@@ -227,7 +179,8 @@ fn client_address(index: usize) -> [u8; 4] {
 /// client headers on would add.
 fn subrequest(case: &Case, index: usize) -> Vec<u8> {
     let [a, b, c, d] = client_address(index);
-    let mut request = Subrequest::raw(&case.method, &case.uri)
+    let mut request = Request::subrequest_raw(&case.method, &case.uri)
+        .with_nginx_headers()
         .without(b"X-Real-IP")
         .header(b"X-Real-IP", format!("{a}.{b}.{c}.{d}").as_bytes());
     if let Some(value) = &case.authorization {
@@ -254,11 +207,11 @@ fn subrequest(case: &Case, index: usize) -> Vec<u8> {
 fn hostile_requests_straight_to_csel_auth_are_denied() {
     let names = placeholders();
     let cases = all_cases(&names);
-    let service = Setup::new(RULES, USERS).start();
+    let service = super::setup(RULES, USERS).start();
     let mut failures = Vec::new();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for (index, case) in cases.iter().enumerate() {
-        let answer = Conn::connect(service.addr).and_then(|mut c| c.send(&subrequest(case, index)));
+        let answer = Conn::tcp(service.addr()).and_then(|mut c| c.send(&subrequest(case, index)));
         let shown = answer
             .as_ref()
             .map_or_else(|e| format!("closed ({e})"), |r| r.status.to_string());
@@ -288,58 +241,30 @@ fn hostile_requests_straight_to_csel_auth_are_denied() {
     assert!(failures.is_empty(), "wrong answers:\n{}", failures.join("\n"));
 }
 
-/// Sends `bytes` to nginx from the loopback address `from` and reads the whole answer (the
-/// request says `Connection: close`).
-fn send_from(from: [u8; 4], to: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stream = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from((from, 0)))?;
-        socket.connect(to).await?.into_std()
-    })?;
-    let mut stream = stream;
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(bytes)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    Ok(answer)
-}
-
-/// The request the client sends to nginx.
+/// The request the client sends to nginx (`Connection: close`).
 fn client_request(case: &Case, host: SocketAddr) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&case.method);
-    out.push(b' ');
-    out.extend_from_slice(&case.uri);
-    out.extend_from_slice(format!(" HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
-    let mut header = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let mut request = Request::raw(&case.method, &case.uri).host(&host.to_string());
     if let Some(value) = &case.authorization {
-        header(b"Authorization", value);
+        request = request.header("Authorization", value);
     }
     for (name, value) in &case.client_headers {
-        header(name, value);
+        request = request.header(name, value);
     }
-    if !case.body.is_empty() || matches!(case.method.as_slice(), b"POST" | b"PUT" | b"PATCH") {
-        header(b"Content-Length", case.body.len().to_string().as_bytes());
-    }
-    header(b"Connection", b"close");
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&case.body);
-    out
+    request.header("Connection", "close").body(&case.body).bytes()
 }
 
-fn status_of(answer: &[u8]) -> u16 {
-    answer
-        .get(9..12)
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+/// What nginx answered `request` sent from the loopback address `from`: the status and whether
+/// the answer (head or body) shows private content; status 0 when no whole answer came.
+fn replay(from: [u8; 4], to: SocketAddr, request: &[u8]) -> std::io::Result<(u16, bool)> {
+    let mut connection = Conn::tcp_from(from, to)?;
+    Ok(match connection.send(request) {
+        Ok(response) => {
+            let head = format!("{:?}", response.headers);
+            let private = contains(&response.body, PRIVATE_MARK) || contains(head.as_bytes(), PRIVATE_MARK);
+            (response.status, private)
+        }
+        Err(_) => (0, false),
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -351,10 +276,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// fresh registry, csel-auth and nginx, and prints its own summary line.
 #[test]
 fn hostile_requests_through_nginx_and_a_registry_return_nothing_private() {
-    let _turn = exclusive();
+    let _turn = alone();
     let names = placeholders();
     let cases = all_cases(&names);
-    let binaries = match harness::nginx_binaries() {
+    let binaries = match nginx_binaries() {
         Ok(binaries) => binaries,
         Err(error) => panic!("{error:#}"),
     };
@@ -409,7 +334,7 @@ impl Tokens<'_> {
 }
 
 fn replay_through_nginx(
-    nginx: &harness::NginxBinary,
+    nginx: &NginxBinary,
     mode: Mode,
     cases: &[Case],
     names: &HashMap<String, String>,
@@ -420,8 +345,8 @@ fn replay_through_nginx(
         anyhow::ensure!(pushed == names[name], "{name}: pushed {pushed}");
     }
     let allowed = || -> anyhow::Result<f64> {
-        let metrics = stack.auth.request("GET", "/metrics", &[], b"")?;
-        Ok(crate::common::parse_metrics(&metrics.body_text())
+        let metrics = stack.auth.endpoint().get("/metrics")?;
+        Ok(parse_metrics(&metrics.text())
             .get("csel_auth_decisions_total{outcome=\"allowed\"}")
             .copied()
             .unwrap_or(0.0))
@@ -453,16 +378,15 @@ fn replay_through_nginx(
         }
         replayed += 1;
         let before = allowed()?;
-        let answer = send_from(client_address(index), address, &client_request(&case, address))?;
+        let (status, private) = replay(client_address(index), address, &client_request(&case, address))?;
         let after = allowed()?;
-        let status = status_of(&answer);
         *statuses.entry(status).or_default() += 1;
         let problem = match expect {
             Expect::Allow if !(200..300).contains(&status) => Some(format!("control answered {status}")),
             Expect::Allow if after != before + 1.0 => Some("control not allowed by csel-auth".to_string()),
             Expect::Deny if (200..300).contains(&status) => Some(format!("answered {status}")),
             Expect::Deny if after != before => Some(format!("csel-auth allowed it (answer {status})")),
-            Expect::Deny if contains(&answer, PRIVATE_MARK) => Some("private content in the answer".into()),
+            Expect::Deny if private => Some("private content in the answer".into()),
             _ => None,
         };
         verbose(&format!(
@@ -500,16 +424,4 @@ fn replay_through_nginx(
         tail(&stack.auth.log(), 30)
     );
     Ok(())
-}
-
-/// `CSEL_RELIABILITY_VERBOSE=1` prints every case's answer.
-fn verbose(line: &str) {
-    if std::env::var("CSEL_RELIABILITY_VERBOSE").is_ok_and(|v| v == "1") {
-        report(line);
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

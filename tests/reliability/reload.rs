@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use csel_auth::rules::Rules;
 
-use crate::common::{
-    self, exclusive, expected_status, htpasswd, report, scale, wait_for, Conn, Service, Setup, Subrequest,
-};
+use crate::kit::files::write;
+use crate::kit::http::{Conn, Request};
+use crate::kit::service::{alone, CselAuth};
+use crate::kit::wait::wait_for;
+use crate::kit::{expected_status, htpasswd, report, scale};
 
 /// One valid rules version. Consecutive versions differ in many decisions: which team
 /// namespace `@devs` may push to, whether bob is in `@devs`, whether anonymous may pull the
@@ -135,7 +137,7 @@ fn first_half(text: &str) -> &str {
 
 /// Does the writes; knows where the file is and how the service is doing.
 struct Writer<'a> {
-    service: &'a Service,
+    service: &'a CselAuth,
     rules: PathBuf,
     dir: PathBuf,
     swaps: usize,
@@ -167,7 +169,7 @@ impl Writer<'_> {
 
     fn write_rename(&self, text: &str) {
         let temporary = self.dir.join(".rules.rules.tmp");
-        common::write(&temporary, text.as_bytes());
+        write(&temporary, text.as_bytes());
         fs::rename(&temporary, &self.rules).unwrap_or_else(|e| panic!("rename: {e}"));
     }
 
@@ -177,7 +179,7 @@ impl Writer<'_> {
         let version_dir = format!("..v{}", self.swaps);
         let target = self.dir.join(&version_dir);
         fs::create_dir(&target).unwrap_or_else(|e| panic!("mkdir: {e}"));
-        common::write(&target.join("rules.rules"), text.as_bytes());
+        write(&target.join("rules.rules"), text.as_bytes());
         let temporary = self.dir.join("..data_tmp");
         symlink(&version_dir, &temporary).unwrap_or_else(|e| panic!("symlink: {e}"));
         fs::rename(&temporary, self.dir.join("..data")).unwrap_or_else(|e| panic!("rename: {e}"));
@@ -274,7 +276,7 @@ fn load_thread(
         let sent = load.epoch.load(Ordering::SeqCst);
         let result = match connection.as_mut() {
             Some(c) => c.send(&requests[probe]),
-            None => Conn::connect(service_addr).and_then(|mut c| {
+            None => Conn::tcp(service_addr).and_then(|mut c| {
                 let r = c.send(&requests[probe]);
                 connection = Some(c);
                 r
@@ -300,7 +302,7 @@ fn load_thread(
 
 #[test]
 fn reload_under_load_never_answers_wrong_or_fails() {
-    let _turn = exclusive();
+    let _turn = alone();
     let writes: usize = scale(100, 1000);
     let threads: usize = scale(3, 4);
     let per_epoch: u64 = scale(150, 1000);
@@ -329,7 +331,7 @@ fn reload_under_load_never_answers_wrong_or_fails() {
         in_force.push(if valid(*how) { n + 1 } else { previous });
     }
     let probes = probes();
-    let users: Vec<&str> = common::USERS.to_vec();
+    let users = ["alice", "bob", "carol", "admin-parente"];
     // Expected status of every probe under every version that is ever in force.
     let mut expected: Vec<Vec<u16>> = vec![Vec::new(); writes + 1];
     for &v in &in_force {
@@ -365,14 +367,19 @@ fn reload_under_load_never_answers_wrong_or_fails() {
         probes.len()
     );
 
-    let setup = Setup::new(&version(0), &htpasswd(&users, 4))
+    let setup = super::setup(&version(0), &htpasswd(&users, 4))
         .arg("--reload-interval")
         .arg("3600");
     let service = setup.start();
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         probes
             .iter()
-            .map(|(user, method, path)| Subrequest::new(method, path).user(*user).bytes())
+            .map(|(user, method, path)| {
+                Request::subrequest(method, path)
+                    .with_nginx_headers()
+                    .user(*user)
+                    .bytes()
+            })
             .collect(),
     );
     let load = Arc::new(Load {
@@ -384,15 +391,15 @@ fn reload_under_load_never_answers_wrong_or_fails() {
     let deadline = started + time_limit;
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let (requests, load, addr) = (Arc::clone(&requests), Arc::clone(&load), service.addr);
+            let (requests, load, addr) = (Arc::clone(&requests), Arc::clone(&load), service.addr());
             std::thread::spawn(move || load_thread(addr, requests, load, t * 13, max_requests, deadline))
         })
         .collect();
 
     let mut writer = Writer {
         service: &service,
-        rules: service.setup().rules.clone(),
-        dir: service.setup().dir.path().to_path_buf(),
+        rules: service.rules().to_path_buf(),
+        dir: service.dir().to_path_buf(),
         swaps: 0,
     };
     let mut effect_times = Vec::new();
@@ -454,7 +461,7 @@ fn reload_under_load_never_answers_wrong_or_fails() {
     let last_valid = in_force[completed_writes];
     let mut final_mismatches = Vec::new();
     for (i, (user, method, path)) in probes.iter().enumerate() {
-        let got = service.auth(*user, method, path);
+        let got = service.auth_status(*user, method, path);
         if got != expected[last_valid][i] {
             final_mismatches.push(format!(
                 "{user:?} {method} {path}: {got}, expected {}",
@@ -535,7 +542,7 @@ const WRITER_WARNING: &str = "waits for its writer to close it";
 /// deadline), calling `probe` all along; then writes `rest` and closes. Returns the probe's
 /// answers and whether the gauge and the warning were seen while the file was open.
 fn write_with_a_long_pause(
-    service: &Service,
+    service: &CselAuth,
     which: &str,
     path: &Path,
     (half, rest): (&str, &str),
@@ -559,10 +566,10 @@ fn write_with_a_long_pause(
 }
 
 /// The service's warnings that `path` waits for its writer.
-fn warnings(service: &Service, path: &Path) -> usize {
+fn warnings(service: &CselAuth, path: &Path) -> usize {
     let shown = path.display().to_string();
     service
-        .log_text()
+        .log()
         .lines()
         .filter(|l| l.contains("WARN") && l.contains(WRITER_WARNING) && l.contains(&shown))
         .count()
@@ -574,7 +581,7 @@ fn warnings(service: &Service, path: &Path) -> usize {
 /// the pause, besides the file events.
 #[test]
 fn a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force() {
-    let _turn = exclusive();
+    let _turn = alone();
     let old = "grant pull on (path =^ \"/v2/library/\") to anonymous\n";
     let new = format!(
         "{old}grant pull on team to anonymous\n\
@@ -592,12 +599,12 @@ fn a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force() {
         "the half must parse and be broader for this test to mean anything"
     );
 
-    let service = Setup::new(old, &htpasswd(&["alice"], 4))
+    let service = super::setup(old, &htpasswd(&["alice"], 4))
         .arg("--reload-interval")
         .arg("1")
         .start();
-    let rules = service.setup().rules.clone();
-    let request = Subrequest::new("GET", secret).bytes();
+    let rules = service.rules().to_path_buf();
+    let request = Request::subrequest("GET", secret).with_nginx_headers().bytes();
     let mut connection = service.connect();
     let (answers, gauge_seen, warned) = write_with_a_long_pause(&service, "rules", &rules, (half, &new[cut..]), || {
         connection.send(&request).map_or(0, |r| r.status)
@@ -623,12 +630,12 @@ fn a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force() {
         (service.metric("csel_auth_version{file=\"rules\"}") == 2.0).then_some(())
     });
     assert_eq!(
-        service.auth(None, "GET", secret),
+        service.auth_status(None, "GET", secret),
         401,
         "the new version keeps the secret"
     );
     assert_eq!(
-        service.auth(None, "GET", "/v2/team/app/manifests/1"),
+        service.auth_status(None, "GET", "/v2/team/app/manifests/1"),
         200,
         "the new version is in force"
     );
@@ -644,17 +651,20 @@ fn a_writer_pausing_for_seconds_never_puts_half_a_rules_file_in_force() {
 /// the users of the last good version keep logging in (the half would drop them).
 #[test]
 fn a_writer_pausing_for_seconds_never_puts_half_an_htpasswd_file_in_force() {
-    let _turn = exclusive();
+    let _turn = alone();
     let rules = "grant pull on (path =^ \"/v2/library/\") to authenticated\n";
     let old = htpasswd(&["alice", "bob"], 4);
     let carol = htpasswd(&["carol"], 4);
-    let service = Setup::new(rules, &old).arg("--reload-interval").arg("1").start();
-    let users = service.setup().htpasswd.clone();
+    let service = super::setup(rules, &old).arg("--reload-interval").arg("1").start();
+    let users = service.htpasswd().to_path_buf();
     let library = "/v2/library/alpine/manifests/1";
-    assert_eq!(service.auth(Some("alice"), "GET", library), 200);
-    assert_eq!(service.auth(Some("carol"), "GET", library), 401);
+    assert_eq!(service.auth_status(Some("alice"), "GET", library), 200);
+    assert_eq!(service.auth_status(Some("carol"), "GET", library), 401);
 
-    let request = Subrequest::new("GET", library).user(Some("alice")).bytes();
+    let request = Request::subrequest("GET", library)
+        .with_nginx_headers()
+        .user(Some("alice"))
+        .bytes();
     let mut connection = service.connect();
     let (answers, gauge_seen, warned) = write_with_a_long_pause(&service, "htpasswd", &users, (&carol, &old), || {
         connection.send(&request).map_or(0, |r| r.status)
@@ -677,7 +687,7 @@ fn a_writer_pausing_for_seconds_never_puts_half_an_htpasswd_file_in_force() {
     });
     for user in ["alice", "bob", "carol"] {
         assert_eq!(
-            service.auth(Some(user), "GET", library),
+            service.auth_status(Some(user), "GET", library),
             200,
             "{user} in the new version"
         );
@@ -688,7 +698,7 @@ fn a_writer_pausing_for_seconds_never_puts_half_an_htpasswd_file_in_force() {
 /// Reads of the watched files must not wake the watcher again: an idle service reads nothing.
 #[test]
 fn an_idle_service_does_not_reread_its_files() {
-    let service = Setup::new(&version(1), &htpasswd(&["alice"], 4)).start();
+    let service = super::setup(&version(1), &htpasswd(&["alice"], 4)).start();
     let reload_thread_reads = || {
         let tasks = fs::read_dir(format!("/proc/{}/task", service.pid())).unwrap_or_else(|e| panic!("{e}"));
         tasks
@@ -703,7 +713,7 @@ fn an_idle_service_does_not_reread_its_files() {
             .sum::<u64>()
     };
     // One reload, then watch the reload thread for half a second.
-    common::write(&service.setup().rules, version(2).as_bytes());
+    write(service.rules(), version(2).as_bytes());
     wait_for(Duration::from_secs(5), "the reload", || {
         (service.metric("csel_auth_version{file=\"rules\"}") == 2.0).then_some(())
     });
@@ -721,7 +731,7 @@ fn an_idle_service_does_not_reread_its_files() {
     });
     let window = Instant::now();
     while window.elapsed() < Duration::from_millis(500) {
-        assert_eq!(service.auth(None, "GET", "/v2/library/a/manifests/1"), 200);
+        assert_eq!(service.auth_status(None, "GET", "/v2/library/a/manifests/1"), 200);
     }
     let read = reload_thread_reads() - settled;
     assert_eq!(read, 0, "the idle service read {read} bytes of its files in 0.5 s");

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{exclusive, report, scale, Service, Setup, Subrequest};
+use crate::kit::http::{Conn, Request};
+use crate::kit::service::{alone, CselAuth};
+use crate::kit::wait::wait_for;
+use crate::kit::{basic, htpasswd, report, scale};
 
 /// bcrypt cost of every user: high enough that bcrypt dominates an answer, low enough for CI.
 const COST: u32 = 8;
@@ -14,26 +17,27 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn bcrypt_checks(service: &Service) -> f64 {
+fn bcrypt_checks(service: &CselAuth) -> f64 {
     service.metric("csel_auth_bcrypt_checks_total")
 }
 
 #[test]
 fn unknown_users_and_wrong_passwords_take_the_same_time() {
-    let _turn = exclusive();
+    let _turn = alone();
     let samples: usize = scale(40, 400);
     // One hash for every user (same password): each wrong password is tried on a different user,
     // and each unknown name is new, so the failed-login throttle never delays an answer.
     let hash = bcrypt::hash("the-right-password", COST).unwrap_or_else(|e| panic!("{e}"));
     let users: Vec<String> = (0..samples + 5).map(|i| format!("user{i}")).collect();
     let htpasswd: String = users.iter().map(|u| format!("{u}:{hash}\n")).collect();
-    let service = Setup::new("grant pull on (path =^ \"/v2/library/\") to anonymous\n", &htpasswd).start();
+    let service = super::setup("grant pull on (path =^ \"/v2/library/\") to anonymous\n", &htpasswd).start();
     let mut connection = service.connect();
     let mut ask = |user: &str, password: &str| -> (u16, Duration) {
         // No X-Real-IP: the per-address throttle is not involved either.
-        let request = Subrequest::new("GET", "/v2/private/app/manifests/1")
+        let request = Request::subrequest("GET", "/v2/private/app/manifests/1")
+            .with_nginx_headers()
             .without(b"X-Real-IP")
-            .header(b"Authorization", crate::common::basic(user, password).as_bytes())
+            .header(b"Authorization", basic(user, password).as_bytes())
             .bytes();
         let started = Instant::now();
         let status = connection.send(&request).map_or(0, |r| r.status);
@@ -90,17 +94,18 @@ const FLOOD_PACE: Duration = Duration::from_millis(3);
 #[test]
 fn timing_real_logins_under_a_flood_of_abandoned_ones() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let _turn = exclusive();
-    let htpasswd = crate::common::htpasswd(&["alice", "bob"], COST);
-    let service = Setup::new("grant pull on (path =^ \"/v2/library/\") to authenticated\n", &htpasswd)
+    let _turn = alone();
+    let htpasswd = htpasswd(&["alice", "bob"], COST);
+    let service = super::setup("grant pull on (path =^ \"/v2/library/\") to authenticated\n", &htpasswd)
         .arg("--bcrypt-concurrency")
         .arg("1")
         .start();
-    let login = |connection: &mut crate::common::Conn, user: &str, password: &str, from: &str| -> (u16, Duration) {
-        let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1")
+    let login = |connection: &mut Conn, user: &str, password: &str, from: &str| -> (u16, Duration) {
+        let request = Request::subrequest("GET", "/v2/library/alpine/manifests/1")
+            .with_nginx_headers()
             .without(b"X-Real-IP")
             .header(b"X-Real-IP", from.as_bytes())
-            .header(b"Authorization", crate::common::basic(user, password).as_bytes())
+            .header(b"Authorization", basic(user, password).as_bytes())
             .bytes();
         let started = Instant::now();
         match connection.send(&request) {
@@ -114,7 +119,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
     let checks_before = bcrypt_checks(&service);
 
     let sent = AtomicUsize::new(0);
-    let addr = service.addr;
+    let addr = service.addr();
     let (cached, uncached) = std::thread::scope(|scope| {
         let flood = scope.spawn(|| {
             let mut open: std::collections::VecDeque<(Instant, std::net::TcpStream)> = Default::default();
@@ -124,13 +129,11 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
                 }
             };
             for i in 0..FLOOD {
-                let request = Subrequest::new("GET", "/v2/library/alpine/manifests/1")
+                let request = Request::subrequest("GET", "/v2/library/alpine/manifests/1")
+                    .with_nginx_headers()
                     .without(b"X-Real-IP")
                     .header(b"X-Real-IP", format!("198.18.{}.{}", i / 250, i % 250 + 1).as_bytes())
-                    .header(
-                        b"Authorization",
-                        crate::common::basic(&format!("ghost-{i}"), "guess").as_bytes(),
-                    )
+                    .header(b"Authorization", basic(&format!("ghost-{i}"), "guess").as_bytes())
                     .bytes();
                 let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("flood {i}: {e}"));
                 std::io::Write::write_all(&mut stream, &request).unwrap_or_else(|e| panic!("flood {i}: {e}"));
@@ -145,7 +148,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
             }
         });
         // Measure once the flood is well under way.
-        crate::common::wait_for(Duration::from_secs(30), "the flood to be under way", || {
+        wait_for(Duration::from_secs(30), "the flood to be under way", || {
             (sent.load(Ordering::SeqCst) >= FLOOD / 3).then_some(())
         });
         let mut cached: Vec<Duration> = (0..20)
@@ -166,7 +169,7 @@ fn timing_real_logins_under_a_flood_of_abandoned_ones() {
         );
         (cached, uncached)
     });
-    crate::common::wait_for(Duration::from_secs(30), "the bcrypt queue to empty", || {
+    wait_for(Duration::from_secs(30), "the bcrypt queue to empty", || {
         (service.metric("csel_auth_bcrypt_queue_length") == 0.0).then_some(())
     });
     let flood_checks = bcrypt_checks(&service) - checks_before;

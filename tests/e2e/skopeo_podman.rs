@@ -5,17 +5,16 @@
 //!
 //! A refused push must end at once: every push refusal here is also timed.
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use harness::*;
-use stack::*;
+
+use crate::kit::containers::ContainerTools;
+use crate::kit::docker::Dockerd;
+use crate::kit::files::example;
+use crate::kit::password;
+use crate::kit::process::CmdOutput;
+use crate::kit::stack::{failed_with, refused_at_once, step, succeeded, succeeded_with, Mode, Stack};
 
 /// skopeo and podman with their own auth file, logged in as `user` (or not
 /// logged in at all).
@@ -99,19 +98,9 @@ fn skopeo_quoted(text: &str) -> String {
     text.replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// How long a refused push may take: a few round trips on loopback. A
-/// client retrying the refused upload takes tens of seconds. Generous for a
-/// busy 2-core machine.
-const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
-
 /// A refused push: it failed, at once, and its output contains `expected`.
 fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    ensure!(
-        out.duration <= REFUSED_PUSH_BOUND,
-        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: the client retried it\n{out}",
-        out.duration
-    );
-    failed_with(out, expected)
+    failed_with(refused_at_once(out)?, expected)
 }
 
 const TOKEN_DENIED: &str = "errors:\ndenied: requested access to the resource is denied\n";

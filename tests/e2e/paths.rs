@@ -6,17 +6,14 @@
 //! token mode, through Debian 12's nginx 1.22 and Debian 13's nginx 1.26
 //! (which joins repeated headers in `$content_type`).
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
 use std::collections::HashMap;
-use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
-use harness::*;
-use stack::*;
+use anyhow::{ensure, Context, Result};
+
+use crate::kit::cases::attacks;
+use crate::kit::files::example;
+use crate::kit::nginx::{nginx_binaries, NginxBinary};
+use crate::kit::stack::{expect_log_line, step, Mode, SeededImage, Stack};
 
 /// The digest attacks.txt uses as a placeholder (sha256 of nothing).
 const PLACEHOLDER_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -55,50 +52,6 @@ impl Private {
         let text = String::from_utf8_lossy(body);
         needles.iter().find(|n| text.contains(n.as_str())).map(String::as_str)
     }
-}
-
-/// One line of attacks.txt: `USER METHOD URI [CONTENT-TYPE]`.
-struct Attack {
-    line_number: usize,
-    user: String,
-    method: String,
-    uri: String,
-    content_type: Option<String>,
-}
-
-/// Reads attacks.txt. The URI is the rest of the line up to a trailing
-/// content type (it may hold spaces: `/v2/library/.. /coolteam/…`).
-fn read_attacks() -> Result<Vec<Attack>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/attacks.txt");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut attacks = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.splitn(3, ' ');
-        let (Some(user), Some(method), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("{}:{}: expected `USER METHOD URI`", path.display(), index + 1);
-        };
-        let (uri, content_type) = match rest.rsplit_once(' ') {
-            Some((uri, last)) if last.contains('/') && !last.starts_with('/') => (uri, Some(last.to_string())),
-            _ => (rest, None),
-        };
-        attacks.push(Attack {
-            line_number: index + 1,
-            user: user.to_string(),
-            method: method.to_string(),
-            uri: uri.to_string(),
-            content_type,
-        });
-    }
-    ensure!(
-        attacks.len() > 400,
-        "only {} attacks read from {}",
-        attacks.len(),
-        path.display()
-    );
-    Ok(attacks)
 }
 
 /// Runs `scenario` once on every nginx of [`nginx_binaries`], saying which.
@@ -161,7 +114,7 @@ fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
                 ensure!(
                     private.leaked(&needles, &response.body).is_some(),
                     "GET {path} as alice returned none of {needles:?}: {}",
-                    response.body_text()
+                    response.text()
                 );
             }
             Ok(())
@@ -171,7 +124,7 @@ fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
     step(
         &format!("[{mode}, {nginx}] every request of tests/data/attacks.txt is refused without private bytes"),
         || {
-            let attacks = read_attacks()?;
+            let attacks = attacks();
             let mut failures = Vec::new();
             let mut statuses: HashMap<u16, usize> = HashMap::new();
             for attack in &attacks {
@@ -183,9 +136,10 @@ fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
                     &private.team.layer_digest
                 };
                 let uri = attack.uri.replace(PLACEHOLDER_DIGEST, digest);
+                let user = attack.user.as_deref().unwrap_or("anonymous");
                 let authorization = authorizations
-                    .get(&attack.user)
-                    .with_context(|| format!("attacks.txt:{}: unknown user {}", attack.line_number, attack.user))?;
+                    .get(user)
+                    .with_context(|| format!("{}: unknown user {user}", attack.origin))?;
                 let mut headers = Vec::new();
                 let mut body: &[u8] = b"";
                 if let Some(content_type) = &attack.content_type {
@@ -198,12 +152,11 @@ fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
                 let leaked = private.leaked(&needles, &response.body);
                 if (200..300).contains(&response.status) || leaked.is_some() {
                     failures.push(format!(
-                        "attacks.txt:{}: {} {} {uri} -> {} (leaked {leaked:?}) {}",
-                        attack.line_number,
-                        attack.user,
+                        "{}: {user} {} {uri} -> {} (leaked {leaked:?}) {}",
+                        attack.origin,
                         attack.method,
                         response.status,
-                        response.body_text()
+                        response.text()
                     ));
                 }
             }
@@ -285,8 +238,7 @@ fn mount_from_a_form_body(nginx: &NginxBinary, mode: Mode) -> Result<()> {
     step(
         &format!("[{mode}, {nginx}] control: the registry itself mounts from the form body"),
         || {
-            let direct = http_request(
-                &ListenAddr::Tcp(stack.registry.addr()),
+            let direct = stack.registry.request(
                 "POST",
                 &format!("/v2/coolteam/control/blobs/uploads/?mount={secret}&from=library/alpine"),
                 &[form],

@@ -1,33 +1,29 @@
-//! What the end-to-end test files share: a registry behind nginx and
-//! csel-auth in basic or token mode ([`Stack`]), the example users, images
-//! seeded straight into the registry, rule changes that wait for the reload,
-//! and named steps whose failure says which step failed.
-//!
-//! Include it after the harness:
-//!
-//! ```ignore
-//! #[path = "e2e/harness.rs"]
-//! mod harness;
-//! #[path = "e2e/stack.rs"]
-//! mod stack;
-//! ```
-
-#![allow(dead_code)]
+//! What the end-to-end tests share: a registry behind nginx and csel-auth in basic or token
+//! mode ([`Stack`]), images seeded straight into the registry, rule changes that wait for the
+//! reload, and named steps whose failure says which step failed.
 
 use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 
-use crate::harness::*;
+use super::files::{example, TestDir};
+use super::http::Response;
+use super::images::write_oci_layout;
+use super::metrics::parse_metrics;
+use super::nginx::{Nginx, NginxBinary, NginxOptions};
+use super::ports::free_port;
+use super::process::CmdOutput;
+use super::registry::Registry;
+use super::service::{CselAuth, Setup};
+use super::wait::wait_until;
+use super::{basic, password};
 
 /// The `--token-service` of token-mode stacks.
 pub const TOKEN_SERVICE: &str = "csel-e2e";
-/// How long a rules change may take to be in force (docs/operations.md says 100 ms;
+/// How long a rules change may take to be in force (100 ms is the promise;
 /// leave room for a busy CI machine, the wait ends as soon as it is).
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,20 +45,9 @@ impl fmt::Display for Mode {
     }
 }
 
-/// The password of an example user (examples/users.htpasswd): `<user>-password`.
-pub fn password(user: &str) -> String {
-    format!("{user}-password")
-}
-
-/// `Basic base64(user:password)` with the example password.
+/// `Basic base64(user:password)` with the example password (examples/users.htpasswd).
 pub fn basic_auth(user: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{user}:{}", password(user))))
-}
-
-/// The text of `examples/<name>`.
-pub fn example(name: &str) -> Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    basic(user, &password(user))
 }
 
 /// Runs one named step of a scenario: its error names the step, and its
@@ -83,19 +68,13 @@ pub fn succeeded(out: CmdOutput) -> Result<CmdOutput> {
     out.ok()
 }
 
-/// The command failed and its output contains `expected` (the client's
-/// exact error text; the output is shown when it does not).
+/// The command failed and its output contains `expected` (the client's exact error text; the
+/// output is shown when it does not).
 pub fn failed_with(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    let out = out.failed()?;
-    ensure!(
-        out.combined().contains(expected),
-        "expected the output to contain\n    {expected}\nbut it was:\n{out}"
-    );
-    Ok(out)
+    containing(out.failed()?, expected)
 }
 
-/// The command failed and its stderr, without surrounding white space, is
-/// exactly `expected`.
+/// The command failed and its stderr, without surrounding white space, is exactly `expected`.
 pub fn failed_with_stderr(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     let out = out.failed()?;
     ensure!(
@@ -107,7 +86,10 @@ pub fn failed_with_stderr(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
 
 /// The command succeeded and its output contains `expected`.
 pub fn succeeded_with(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    let out = out.ok()?;
+    containing(out.ok()?, expected)
+}
+
+fn containing(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     ensure!(
         out.combined().contains(expected),
         "expected the output to contain\n    {expected}\nbut it was:\n{out}"
@@ -115,12 +97,25 @@ pub fn succeeded_with(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     Ok(out)
 }
 
+/// How long a refused push may take. It is a few round trips on loopback; a client retrying the
+/// refused upload takes tens of seconds (docker: five attempts, 5 to 20 s apart, ~50 s).
+/// Generous for a busy 2-core machine.
+pub const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
+
+/// A refused push that ended at once (within [`REFUSED_PUSH_BOUND`]), not retried.
+pub fn refused_at_once(out: CmdOutput) -> Result<CmdOutput> {
+    ensure!(
+        out.duration <= REFUSED_PUSH_BOUND,
+        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: the client retried it\n{out}",
+        out.duration
+    );
+    Ok(out)
+}
+
 /// An image put straight into the registry (bypassing nginx and csel-auth).
 #[derive(Clone, Debug)]
 pub struct SeededImage {
-    pub repository: String,
     pub tag: String,
-    pub manifest: Vec<u8>,
     pub manifest_digest: String,
     pub config_digest: String,
     pub layer_digest: String,
@@ -146,31 +141,30 @@ impl Stack {
         Self::start_on(&NginxBinary::system()?, mode, rules)
     }
 
-    /// [`Stack::start`] with `nginx` (one of [`nginx_binaries`]).
+    /// [`Stack::start`] with `nginx` (one of [`super::nginx::nginx_binaries`]).
     pub fn start_on(nginx: &NginxBinary, mode: Mode, rules: &str) -> Result<Self> {
         let dir = TestDir::new(&format!("stack-{mode}"))?;
         let rules_path = dir.write("registry.rules", rules)?;
         let htpasswd = dir.write("users.htpasswd", example("users.htpasswd")?)?;
         let registry = Registry::start()?;
-        let mut args = CselAuthArgs::new(&rules_path, &htpasswd);
+        let mut setup = Setup::bare().rules_at(rules_path.clone()).htpasswd_at(Some(htpasswd));
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,
             Mode::Token => {
-                let port = pick_free_port()?;
+                let port = free_port();
                 let realm = format!("http://127.0.0.1:{port}/token");
-                args = args.token(&realm, TOKEN_SERVICE, dir.join("token.key"));
+                setup = setup.token(&realm, TOKEN_SERVICE, dir.join("token.key"));
                 Some(port)
             }
         };
-        let auth = CselAuth::start(args)?;
+        let auth = setup.try_start()?;
         let nginx = Nginx::start_on(
             nginx,
             NginxOptions {
                 registry_addr: registry.addr(),
-                csel_auth_addr: auth.addr().clone(),
+                csel_auth_addr: auth.endpoint().clone(),
                 listen_port,
-                edit: None,
             },
         )?;
         Ok(Self {
@@ -201,8 +195,8 @@ impl Stack {
         let temp = self.dir.write("registry.rules.new", text)?;
         fs::rename(&temp, &self.rules).with_context(|| format!("renaming over {}", self.rules.display()))?;
         wait_until(
-            &format!("csel-auth to load rules version {}", before + 1),
             RELOAD_TIMEOUT,
+            &format!("csel-auth to load rules version {}", before + 1),
             || self.rules_version().ok().filter(|v| *v > before),
         )
         .with_context(|| self.auth.log())?;
@@ -211,12 +205,12 @@ impl Stack {
 
     /// `csel_auth_version{file="rules"}` from csel-auth's /metrics.
     pub fn rules_version(&self) -> Result<u64> {
-        let metrics = http_get(self.auth.addr(), "/metrics")?;
+        let metrics = self.auth.endpoint().get("/metrics")?;
         ensure!(metrics.status == 200, "/metrics answered {}", metrics.status);
-        let text = metrics.body_text();
-        text.lines()
-            .find_map(|line| line.strip_prefix("csel_auth_version{file=\"rules\"} "))
-            .and_then(|v| v.trim().parse().ok())
+        let text = metrics.text();
+        parse_metrics(&text)
+            .get("csel_auth_version{file=\"rules\"}")
+            .map(|version| *version as u64)
             .ok_or_else(|| anyhow!("no csel_auth_version{{file=\"rules\"}} in /metrics:\n{text}"))
     }
 
@@ -234,8 +228,7 @@ impl Stack {
             ensure!(pushed == *digest, "pushed {pushed}, expected {digest}");
         }
         let manifest = blob(&oci.manifest_digest)?;
-        let put = http_request(
-            &ListenAddr::Tcp(self.registry.addr()),
+        let put = self.registry.request(
             "PUT",
             &format!("/v2/{repository}/manifests/{tag}"),
             &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
@@ -245,12 +238,10 @@ impl Stack {
             put.status == 201,
             "PUT manifest {repository}:{tag} straight to the registry: {} {}",
             put.status,
-            put.body_text()
+            put.text()
         );
         Ok(SeededImage {
-            repository: repository.to_string(),
             tag: tag.to_string(),
-            manifest,
             manifest_digest: oci.manifest_digest,
             config_digest: oci.config_digest,
             layer_digest: oci.layer_digest,
@@ -261,8 +252,7 @@ impl Stack {
     /// Whether `repository:reference` has a manifest in the registry (asked
     /// straight, bypassing nginx).
     pub fn registry_has_manifest(&self, repository: &str, reference: &str) -> Result<bool> {
-        let response = http_request(
-            &ListenAddr::Tcp(self.registry.addr()),
+        let response = self.registry.request(
             "HEAD",
             &format!("/v2/{repository}/manifests/{reference}"),
             &[(
@@ -295,12 +285,12 @@ impl Stack {
                     response.status == 200,
                     "GET /token as {user:?}: {} {}",
                     response.status,
-                    response.body_text()
+                    response.text()
                 );
                 let json: serde_json::Value = serde_json::from_slice(&response.body)?;
                 let token = json["token"]
                     .as_str()
-                    .ok_or_else(|| anyhow!("no token in {}", response.body_text()))?;
+                    .ok_or_else(|| anyhow!("no token in {}", response.text()))?;
                 Ok(Some(format!("Bearer {token}")))
             }
         }
@@ -314,10 +304,10 @@ impl Stack {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<HttpResponse> {
+    ) -> Result<Response> {
         let mut all: Vec<(&str, &str)> = authorization.map(|a| ("Authorization", a)).into_iter().collect();
         all.extend_from_slice(headers);
-        self.nginx.request(method, path, &all, body)
+        Ok(self.nginx.request(method, path, &all, body)?)
     }
 
     /// csel-auth's log: one line per decision.

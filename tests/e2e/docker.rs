@@ -6,36 +6,25 @@
 //! client's output. A refused `docker push` must end at once, in both modes
 //! (docker retries an upload refused with an error it does not take as final
 //! for ~50 s); further push refusals are checked with skopeo, podman or raw
-//! HTTP (tests/e2e_skopeo_podman.rs, tests/e2e_paths.rs).
-
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/stack.rs"]
-mod stack;
-
-use std::time::Duration;
+//! HTTP (tests/e2e/skopeo_podman.rs, tests/e2e/paths.rs).
 
 use anyhow::{anyhow, ensure, Result};
-use harness::*;
-use stack::*;
+
+use crate::kit::docker::{DockerClient, Dockerd};
+use crate::kit::files::example;
+use crate::kit::password;
+use crate::kit::process::CmdOutput;
+use crate::kit::stack::{
+    expect_log_line, failed_with, failed_with_stderr, refused_at_once, step, succeeded, succeeded_with, Mode, Stack,
+};
 
 /// docker's text for the `denied` error code (what a Bearer challenge with
 /// `error="insufficient_scope"` maps to).
 const DENIED: &str = "denied: requested access to the resource is denied";
 
-/// How long a refused push may take. It is one or two round trips on
-/// loopback; docker retrying the refused upload (five attempts, 5 to 20 s
-/// apart) takes ~50 s. Generous for a busy 2-core machine.
-const REFUSED_PUSH_BOUND: Duration = Duration::from_secs(15);
-
 /// A refused `docker push`: it failed, at once, with exactly `expected` on stderr.
 fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
-    ensure!(
-        out.duration <= REFUSED_PUSH_BOUND,
-        "the refused push took {:.1?}, more than {REFUSED_PUSH_BOUND:?}: docker retried it\n{out}",
-        out.duration
-    );
-    failed_with_stderr(out, expected)
+    failed_with_stderr(refused_at_once(out)?, expected)
 }
 
 /// `docker pull` of `repository` refused with `insufficient_scope` or with a

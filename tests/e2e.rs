@@ -1,0 +1,5 @@
+//! End-to-end tests: real nginx, the CNCF distribution registry, docker, skopeo and podman.
+
+mod docker;
+mod paths;
+mod skopeo_podman;
