@@ -31,7 +31,7 @@ use crate::reload::Store;
 use crate::request::DockerRoute;
 use crate::rules::Action;
 use crate::throttle::LoginThrottle;
-use crate::token::{self, Identity, Scope, TokenKey, TokenRequest, TokenSettings};
+use crate::token::{self, Identity, Scope, TokenKey, TokenKind, TokenRequest, TokenSettings, VerifiedToken};
 
 /// Where to listen.
 #[derive(Debug, Clone)]
@@ -659,19 +659,27 @@ impl App {
             }
             TokenRequest::RefreshGrant {
                 refresh_token, scopes, ..
-            } => match token::verify_refresh_bound(&realm.key, &realm.settings, &refresh_token, SystemTime::now()) {
+            } => match token::verify(
+                &realm.key,
+                &realm.settings,
+                TokenKind::Refresh,
+                &refresh_token,
+                SystemTime::now(),
+            ) {
                 // Bound to the password entry: a changed password or a
                 // removed user ends every refresh token issued before.
-                Ok((Identity { user: Some(user) }, binding))
-                    if !binding.is_empty() && fingerprint(&user) == binding =>
-                {
+                Ok(VerifiedToken {
+                    identity: Identity { user: Some(user) },
+                    binding,
+                    ..
+                }) if !binding.is_empty() && fingerprint(&user) == binding => {
                     (Identity::user(user), binding, scopes, false, Some(refresh_token))
                 }
                 _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
             },
         };
         let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
-        let mut issued = token::issue_bound(
+        let mut issued = token::issue(
             &realm.key,
             &realm.settings,
             &identity,
