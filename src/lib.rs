@@ -12,14 +12,14 @@ pub mod decision;
 pub mod diagnostic;
 mod grammar;
 pub mod identity;
-pub mod ldap;
+/// The LDAP identity source, at its historical path.
+pub use identity::ldap;
 pub mod metrics;
 mod percent;
 pub mod reload;
 pub mod request;
 pub mod rules;
 pub mod service;
-pub mod throttle;
 pub mod token;
 
 /// The registry's catalog lists every repository name: only a grant whose

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::identity::throttle::{LimitKind, LoginThrottle};
 use crate::identity::{Overload, Verifier};
-use crate::throttle::{LimitKind, LoginThrottle};
 
 /// Upper bounds (seconds) of the decision latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [

@@ -25,12 +25,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
 use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
+use crate::identity::throttle::LoginThrottle;
 use crate::identity::{parse_authorization, Credentials, Login, Verifier};
 use crate::metrics::{Metrics, Outcome};
 use crate::reload::Store;
 use crate::request::DockerRoute;
 use crate::rules::Action;
-use crate::throttle::LoginThrottle;
 use crate::token::{self, Identity, Scope, TokenKey, TokenKind, TokenRequest, TokenSettings, VerifiedToken};
 
 /// Where to listen.
