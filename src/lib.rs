@@ -1,15 +1,38 @@
 //! csel-auth: answers nginx `auth_request` subrequests for container
 //! registries by evaluating Nexus-style content selectors.
 //!
+//! Where each concept lives:
+//!
+//! | concept | module |
+//! |---|---|
+//! | the command line (`serve`, `check`, `explain`, `test`, `eval`) | [`cli`] |
+//! | the config file | [`config`] |
+//! | the HTTP service: routing, `/auth`, `/token`, the listener | [`service`] |
+//! | one request decided: allow, 401 or 403, and why | [`decision`] |
+//! | the request target made canonical; docker routes | [`request`] |
+//! | the rules file: selectors, groups, grants, warnings | [`rules`] |
+//! | the expression language (CSEL) | [`csel`] |
+//! | errors and warnings pointing into a source text | [`diagnostic`] |
+//! | who is asking: htpasswd, `Authorization`, bcrypt, failed-login limits, LDAP | [`identity`] |
+//! | the docker token realm: key, scopes, JWTs, challenges | [`token`] |
+//! | watching and reloading the rules and htpasswd files | [`reload`] |
+//! | counters and `/metrics` | [`metrics`] |
+//!
+//! A request's path from `main`: [`cli::run`] → `serve` → [`service::run`] →
+//! `service::auth` → [`decision::decide_and_answer`].
+//!
 //! Dependencies point one way: `csel` (the expression language) ← `rules`
-//! (the rules file) ← `decision` ← `service`. The language knows nothing of
-//! HTTP; the service knows nothing of pest.
+//! (the rules file) ← `decision` (which also knows `request`) ← `service`.
+//! The language knows nothing of HTTP; identity sources know nothing of the
+//! rules; only `csel`, `rules` and `grammar` know pest; the service knows
+//! everything.
 
 pub mod cli;
 pub mod config;
 pub mod csel;
 pub mod decision;
 pub mod diagnostic;
+mod files;
 mod grammar;
 pub mod identity;
 /// The LDAP identity source, at its historical path.

@@ -103,7 +103,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 /// What a file holds now, for comparing with what is loaded.
 fn fingerprint_of(path: &Path) -> Option<Seen> {
     let stamp = stamp(path);
-    let bytes = crate::rules::read_bounded(path, crate::rules::MAX_RULES_BYTES).ok()?;
+    let bytes = crate::files::read_bounded(path, crate::rules::MAX_RULES_BYTES).ok()?;
     Some(Seen {
         stamp,
         fingerprint: Sha256::digest(&bytes).into(),
@@ -381,9 +381,9 @@ type Settled = (Vec<u8>, Option<FileStamp>);
 /// says why it cannot be read.
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     let limit = crate::rules::MAX_RULES_BYTES;
-    crate::rules::read_bounded(path, limit).map_err(|e| match e {
-        crate::rules::ReadError::Io(e) => e.to_string(),
-        crate::rules::ReadError::TooLarge(size) => format!("it is {size} bytes; the limit is {limit} bytes"),
+    crate::files::read_bounded(path, limit).map_err(|e| match e {
+        crate::files::ReadError::Io(e) => e.to_string(),
+        crate::files::ReadError::TooLarge(size) => format!("it is {size} bytes; the limit is {limit} bytes"),
     })
 }
 

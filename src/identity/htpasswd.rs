@@ -12,7 +12,7 @@ use rand::RngCore;
 use super::MAX_USER_NAME_BYTES;
 
 /// The largest htpasswd file read, at start and on reload (about 400 000 users).
-pub const MAX_HTPASSWD_BYTES: u64 = crate::rules::MAX_RULES_BYTES;
+pub const MAX_HTPASSWD_BYTES: u64 = 32 << 20;
 
 /// Cost of the dummy hash when the htpasswd file has no entries to copy it from.
 const DEFAULT_DUMMY_COST: u32 = 10;
@@ -157,11 +157,11 @@ impl Htpasswd {
     /// same bound as on reload).
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
         let file = path.display().to_string();
-        let bytes = crate::rules::read_bounded(path, MAX_HTPASSWD_BYTES).map_err(|e| HtpasswdError::Io {
+        let bytes = crate::files::read_bounded(path, MAX_HTPASSWD_BYTES).map_err(|e| HtpasswdError::Io {
             file: file.clone(),
             source: match e {
-                crate::rules::ReadError::Io(source) => source,
-                crate::rules::ReadError::TooLarge(size) => {
+                crate::files::ReadError::Io(source) => source,
+                crate::files::ReadError::TooLarge(size) => {
                     std::io::Error::other(format!("it is {size} bytes; the limit is {MAX_HTPASSWD_BYTES} bytes"))
                 }
             },
