@@ -29,9 +29,9 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use crate::identity::Htpasswd;
+use crate::identity::{Htpasswd, HtpasswdError};
 use crate::metrics::{Metrics, Watched};
-use crate::rules::Rules;
+use crate::rules::{LoadError, Rules};
 
 /// How long a file's content must stay the same before it is parsed.
 const SETTLE: Duration = Duration::from_millis(15);
@@ -114,14 +114,42 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Why the files could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Rules(#[from] LoadError),
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
+}
+
+/// Why watching the files could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start the file watcher: {0}")]
+    Watcher(#[source] notify::Error),
+    #[error("cannot watch {}: {source}", directory.display())]
+    Directory {
+        directory: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the {what}: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Store {
     /// Loads both files; any error stops the start-up.
-    pub fn open(rules_path: &Path, htpasswd_path: Option<&Path>, metrics: Arc<Metrics>) -> Result<Store, String> {
+    pub fn open(rules_path: &Path, htpasswd_path: Option<&Path>, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
         let rules_before = fingerprint_of(rules_path);
         let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
-        let rules = Rules::load(rules_path).map_err(|e| e.to_string())?;
+        let rules = Rules::load(rules_path)?;
         let htpasswd = match htpasswd_path {
-            Some(p) => Htpasswd::load(p).map_err(|e| e.to_string())?,
+            Some(p) => Htpasswd::load(p)?,
             None => Htpasswd::empty(),
         };
         for which in [Watched::Rules, Watched::Htpasswd] {
@@ -345,7 +373,7 @@ fn sync_watches(
     watcher: &mut impl Watcher,
     watched: &mut BTreeSet<PathBuf>,
     wanted: &BTreeSet<PathBuf>,
-) -> Vec<String> {
+) -> Vec<WatchError> {
     for gone in watched.difference(wanted).cloned().collect::<Vec<_>>() {
         // The directory may be deleted already (Kubernetes removes the old
         // data directory): nothing to undo then.
@@ -358,7 +386,7 @@ fn sync_watches(
             Ok(()) => {
                 watched.insert(directory);
             }
-            Err(e) => failures.push(format!("cannot watch {}: {e}", directory.display())),
+            Err(source) => failures.push(WatchError::Directory { directory, source }),
         }
     }
     failures
@@ -569,7 +597,7 @@ impl Store {
 
 /// Starts the watcher and the periodic check on their own threads. They run
 /// until the process ends.
-pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
+pub fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchError> {
     let (sender, receiver) = std::sync::mpsc::channel::<()>();
     let noted = Arc::clone(&store);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -577,7 +605,7 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
             let _ = sender.send(());
         }
     })
-    .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+    .map_err(WatchError::Watcher)?;
     let mut watched = BTreeSet::new();
     if let Some(failure) = sync_watches(&mut watcher, &mut watched, &store.watched_directories()).pop() {
         return Err(failure);
@@ -605,14 +633,20 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
                 checker.check(Check::Event);
             }
         })
-        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+        .map_err(|source| WatchError::Thread {
+            what: "reload thread",
+            source,
+        })?;
     std::thread::Builder::new()
         .name("reload-periodic".into())
         .spawn(move || loop {
             std::thread::sleep(period);
             store.check(Check::Periodic);
         })
-        .map_err(|e| format!("cannot start the periodic check: {e}"))?;
+        .map_err(|source| WatchError::Thread {
+            what: "periodic check",
+            source,
+        })?;
     Ok(())
 }
 

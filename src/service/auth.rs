@@ -42,7 +42,7 @@ impl App {
         let verdict = match CatchPanic(Box::pin(self.auth_verdict(headers, client))).await {
             Ok(verdict) => verdict,
             Err(()) => {
-                tracing::error!("internal error while deciding (a bug): denied");
+                tracing::error!(target: "csel_auth::service", "internal error while deciding (a bug): denied");
                 Verdict {
                     response: denial(StatusCode::FORBIDDEN),
                     outcome: Outcome::Error,
@@ -82,7 +82,7 @@ impl App {
         let required = |name: HeaderName, directive: &str| match single_header(headers, &name) {
             Single::Present(v) => Ok(v),
             Single::Absent => {
-                tracing::error!("/auth request without {name}: add `{directive}` to the nginx auth location (see nginx/csel-auth.conf)");
+                tracing::error!(target: "csel_auth::service", "/auth request without {name}: add `{directive}` to the nginx auth location (see nginx/csel-auth.conf)");
                 Err((StatusCode::INTERNAL_SERVER_ERROR, format!("missing {name}")))
             }
             Single::Invalid(why) => Err((StatusCode::FORBIDDEN, format!("{name} {why}"))),

@@ -10,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use super::{App, Config, Listen};
+use super::{App, Config, Listen, StartError};
 use crate::metrics::Metrics;
 
 /// hyper counts an idle keep-alive connection's wait for the next request
@@ -19,50 +19,52 @@ use crate::metrics::Metrics;
 /// just as the connection closes would fail (500). So: longer than that.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// Runs the service until SIGTERM or SIGINT. Returns the exit status.
-pub fn run(config: Config) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => 0,
-        Err(message) => {
-            eprintln!("{message}");
-            tracing::error!("{message}");
-            1
-        }
-    }
+/// Runs the service until SIGTERM or SIGINT. A start failure is logged and returned.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime
+        .block_on(serve(config))
+        .inspect_err(|error| tracing::error!(target: "csel_auth::service", "{error}"))
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let metrics = Arc::new(Metrics::default());
     let app = Arc::new(App::new(&config, metrics)?);
     crate::reload::start(Arc::clone(app.store()), config.reload_period)?;
 
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
     // Its own task, so a reload is never held up by the accept loop (which
     // waits for a free connection slot when all are taken).
     let reload_store = Arc::clone(app.store());
     let config_file = config.config_file.clone();
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
+            tracing::info!(target: "csel_auth::service", "SIGHUP: reloading");
             crate::reload::reload_now(&reload_store);
             if let Some((path, at_start)) = &config_file {
                 warn_about_config_changes(path, at_start);
             }
         }
     });
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| StartError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| StartError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
     let listener = Listener::bind(&config.listen, config.socket_mode).await?;
     let rules = app.store().rules();
     tracing::info!(
+        target: "csel_auth::service",
         listen = %listener.describe(),
         rules = %config.rules.display(),
         grants = rules.grants().len(),
@@ -94,7 +96,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 // once would only repeat: pause, and say so once a minute at most.
                 accept_failures += 1;
                 if last_accept_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                    tracing::warn!("accept failed ({accept_failures} times so far): {e}; retrying in 100 ms");
+                    tracing::warn!(target: "csel_auth::service", "accept failed ({accept_failures} times so far): {e}; retrying in 100 ms");
                     last_accept_warning = Some(Instant::now());
                 }
                 drop(permit);
@@ -122,12 +124,12 @@ async fn serve(config: Config) -> Result<(), String> {
             drop(permit);
         });
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!(target: "csel_auth::service", "shutting down: finishing requests in flight");
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("some connections were still open after 10 s");
+        tracing::warn!(target: "csel_auth::service", "some connections were still open after 10 s");
     }
     if let Listen::Unix(path) = &config.listen {
         let _ = std::fs::remove_file(path);
@@ -139,11 +141,14 @@ async fn serve(config: Config) -> Result<(), String> {
 /// changes wait for a restart rather than applying half of them.
 fn warn_about_config_changes(path: &std::path::Path, at_start: &crate::config::ConfigFile) {
     match crate::config::ConfigFile::load(path) {
-        Err(e) => tracing::warn!("SIGHUP: {e}; the settings from the start stay in force"),
+        Err(e) => {
+            tracing::warn!(target: "csel_auth::service", "SIGHUP: {e}; the settings from the start stay in force")
+        }
         Ok(now) => {
             let changed = at_start.changed_keys(&now);
             if !changed.is_empty() {
                 tracing::warn!(
+                    target: "csel_auth::service",
                     config = %path.display(),
                     changed = %changed.join(", "),
                     "SIGHUP: the config file changed; these settings take effect at the next restart"
@@ -164,12 +169,15 @@ trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
 
 impl Listener {
-    async fn bind(listen: &Listen, mode: u32) -> Result<Listener, String> {
+    async fn bind(listen: &Listen, mode: u32) -> Result<Listener, StartError> {
         match listen {
             Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
                 .await
                 .map(Listener::Tcp)
-                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+                .map_err(|source| StartError::Listen {
+                    address: addr.to_string(),
+                    source,
+                }),
             Listen::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 // A socket left by a previous run is replaced; any other file is not.
@@ -177,16 +185,20 @@ impl Listener {
                     if meta.file_type().is_socket() {
                         let _ = std::fs::remove_file(path);
                     } else {
-                        return Err(format!(
-                            "cannot listen on {}: a file that is not a socket is in the way",
-                            path.display()
-                        ));
+                        return Err(StartError::NotASocket(path.clone()));
                     }
                 }
-                let listener = tokio::net::UnixListener::bind(path)
-                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("cannot set mode {mode:o} on {}: {e}", path.display()))?;
+                let listener = tokio::net::UnixListener::bind(path).map_err(|source| StartError::Listen {
+                    address: path.display().to_string(),
+                    source,
+                })?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+                    StartError::SocketMode {
+                        mode,
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 Ok(Listener::Unix(listener, path.clone()))
             }
         }

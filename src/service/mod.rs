@@ -23,6 +23,50 @@ use hyper::body::Incoming;
 pub use config::{Config, Listen, TokenConfig};
 pub use listener::run;
 
+/// Why the service could not start. Each is the end of `csel-auth serve`, with exit status
+/// [`StartError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Files(#[from] crate::reload::OpenError),
+    #[error(transparent)]
+    TokenKey(#[from] crate::token::TokenKeyError),
+    #[error("--realm `{0}` cannot be sent in a header")]
+    Realm(String),
+    #[error(transparent)]
+    Watch(#[from] crate::reload::WatchError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot handle {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {}: a file that is not a socket is in the way", .0.display())]
+    NotASocket(std::path::PathBuf),
+    #[error("cannot set mode {mode:o} on {}: {source}", path.display())]
+    SocketMode {
+        mode: u32,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit status of a service that could not start.
+    pub fn code(&self) -> u8 {
+        1
+    }
+}
+
 use crate::identity::throttle::LoginThrottle;
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
@@ -97,7 +141,7 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Single<'a> {
 }
 
 impl App {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, String> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, StartError> {
         let store = Arc::new(Store::open(
             &config.rules,
             config.htpasswd.as_deref(),
@@ -106,7 +150,7 @@ impl App {
         let token = match &config.token {
             None => None,
             Some(t) => Some(TokenRealm {
-                key: TokenKey::load_or_create(&t.key_file).map_err(|e| e.to_string())?,
+                key: TokenKey::load_or_create(&t.key_file)?,
                 settings: TokenSettings {
                     realm: t.realm.clone(),
                     service: t.service.clone(),
@@ -118,7 +162,7 @@ impl App {
         };
         let realm = config.basic_realm.replace(['"', '\\'], "");
         let basic_challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
-            .map_err(|_| format!("--realm `{realm}` cannot be sent in a header"))?;
+            .map_err(|_| StartError::Realm(realm.clone()))?;
         let throttle = Arc::new(LoginThrottle::new(THROTTLE_RECORDS));
         Ok(App {
             store,
@@ -148,7 +192,7 @@ impl App {
         match CatchPanic(Box::pin(self.route(request))).await {
             Ok(response) => response,
             Err(()) => {
-                tracing::error!("internal error (a bug)");
+                tracing::error!(target: "csel_auth::service", "internal error (a bug)");
                 denial(StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
