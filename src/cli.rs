@@ -446,7 +446,7 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
     };
     let warnings = lint(&rules, &options);
     for w in &warnings {
-        println!("{}: {w}", rules.source_name());
+        println!("{w}\n");
     }
     println!(
         "{}: ok: {} selectors, {} groups, {} grants, {} warnings",

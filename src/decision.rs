@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::csel::{Expr, Facts};
-use crate::request::{canonicalize, DockerRoute};
+use crate::request::{canonicalize, DockerRoute, Rejection};
 use crate::rules::{Action, Grant, Rules, Target};
 
 /// The original request, as nginx describes it.
@@ -44,7 +44,7 @@ pub enum Reason {
     /// No grant for this subject allows this action on this path.
     NoGrant,
     /// The path failed canonicalization.
-    BadPath(String),
+    BadPath(Rejection),
     /// A method that maps to no action.
     UnknownMethod(String),
     /// A blob-upload POST with a Content-Type other than none or
@@ -52,7 +52,7 @@ pub enum Reason {
     /// body csel-auth never sees.
     FormBodyUpload,
     /// Duplicate or malformed mount parameters.
-    BadMount(String),
+    BadMount(Rejection),
     /// A cross-repository mount from a repository the subject cannot read.
     MountSourceDenied { from: String },
 }
@@ -187,7 +187,7 @@ fn deny(reason: Reason) -> Decision {
 pub fn decide(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Decision {
     let target = match canonicalize(request.uri, request.format) {
         Ok(target) => target,
-        Err(rejection) => return deny(Reason::BadPath(rejection.reason)),
+        Err(rejection) => return deny(Reason::BadPath(rejection)),
     };
     let Some(action) = Action::from_method(request.method) else {
         return deny(Reason::UnknownMethod(request.method.chars().take(32).collect()));
@@ -241,7 +241,7 @@ fn docker_refusal(
         return Some(Reason::FormBodyUpload);
     }
     match target.mount() {
-        Err(rejection) => Some(Reason::BadMount(rejection.reason)),
+        Err(rejection) => Some(Reason::BadMount(rejection)),
         Ok(None) => None,
         Ok(Some(mount)) => {
             let source = mount.source_blob_path();

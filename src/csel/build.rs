@@ -243,7 +243,7 @@ fn build_comparison(ctx: &BuildContext, pair: Pair<Rule>) -> Result<Expr, Diagno
                 "the right side of `=~` must be a string (the pattern is compiled once, at load)",
             ));
         };
-        let compiled = Pattern::new(regex).map_err(|why| ctx.error_at(&right, why))?;
+        let compiled = Pattern::new(regex).map_err(|why| ctx.error_at(&right, why.to_string()))?;
         Some(Arc::new(compiled))
     } else {
         None

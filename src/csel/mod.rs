@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use build::MAX_NESTING;
 pub(crate) use build::{build_expression, check_nesting, unescape as unescape_literal, BuildContext};
-pub use pattern::Pattern;
+pub use pattern::{Pattern, PatternError};
 
 use crate::diagnostic::Diagnostic;
 use crate::grammar::{Grammar, Rule};

@@ -9,24 +9,22 @@ use crate::percent::PercentError;
 /// for a repository of the given format. Only format `"docker"` gets route recognition.
 pub fn canonicalize(original_uri: &str, format: &str) -> Result<RequestTarget, Rejection> {
     if !original_uri.starts_with('/') {
-        return Err(Rejection::new("request target does not start with /"));
+        return Err(Rejection::NotAbsolute);
     }
     if original_uri.contains('#') {
-        return Err(Rejection::new("request target contains a fragment (#)"));
+        return Err(Rejection::Fragment);
     }
     let (raw_path, raw_query) = match original_uri.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (original_uri, None),
     };
     if raw_path.len() > MAX_PATH_BYTES {
-        return Err(Rejection::new(format!("path longer than {MAX_PATH_BYTES} bytes")));
+        return Err(Rejection::PathTooLong);
     }
     let path = decode_path(raw_path)?;
     check_decoded_path(&path)?;
     let query = match raw_query {
-        Some(raw) if raw.len() > MAX_QUERY_BYTES => {
-            return Err(Rejection::new(format!("query longer than {MAX_QUERY_BYTES} bytes")))
-        }
+        Some(raw) if raw.len() > MAX_QUERY_BYTES => return Err(Rejection::QueryTooLong),
         Some(raw) => parse_query(raw)?,
         None => Vec::new(),
     };
@@ -43,26 +41,25 @@ pub fn canonicalize(original_uri: &str, format: &str) -> Result<RequestTarget, R
 /// where a segment ends.
 fn decode_path(raw: &str) -> Result<String, Rejection> {
     let bytes = crate::percent::decode(raw, false, b"/\\").map_err(percent_rejection)?;
-    String::from_utf8(bytes).map_err(|_| Rejection::new("path is not UTF-8 after decoding"))
+    String::from_utf8(bytes).map_err(|_| Rejection::PathNotUtf8)
 }
 
 fn check_decoded_path(path: &str) -> Result<(), Rejection> {
     for c in path.chars() {
-        let problem = match c {
-            _ if c.is_control() => "a control character",
-            _ if !c.is_ascii() => "a non-ASCII character",
-            '\\' => "a backslash",
-            ';' => "`;` (path parameter)",
-            '%' => "`%` after decoding (double encoding)",
+        return Err(match c {
+            _ if c.is_control() => Rejection::ControlCharacter,
+            _ if !c.is_ascii() => Rejection::NonAscii,
+            '\\' => Rejection::Backslash,
+            ';' => Rejection::PathParameter,
+            '%' => Rejection::DoubleEncoding,
             // Only reachable through %3F / %23: a decoded `?` or `#` would make the path read
             // differently wherever it is printed and parsed again.
-            '?' | '#' => "an encoded `?` or `#`",
+            '?' | '#' => Rejection::EncodedQueryOrFragment,
             _ => continue,
-        };
-        return Err(Rejection::new(format!("path contains {problem}")));
+        });
     }
     if path.contains("//") {
-        return Err(Rejection::new("path contains an empty segment (//)"));
+        return Err(Rejection::EmptySegment);
     }
     // Besides `.` and `..`, segments made only of dots and spaces are refused: Windows-backed
     // servers strip trailing dots and spaces, turning `.. ` or `...` into `..`.
@@ -70,7 +67,7 @@ fn check_decoded_path(path: &str) -> Result<(), Rejection> {
         .split('/')
         .any(|segment| segment.contains('.') && segment.bytes().all(|b| b == b'.' || b == b' '))
     {
-        return Err(Rejection::new("path contains a dot segment"));
+        return Err(Rejection::DotSegment);
     }
     Ok(())
 }
@@ -81,7 +78,7 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, Rejection> {
     let mut pairs = Vec::new();
     for pair in raw.split('&') {
         if pair.contains(';') {
-            return Err(Rejection::new("query contains `;`"));
+            return Err(Rejection::QuerySemicolon);
         }
         if pair.is_empty() {
             continue;
@@ -95,16 +92,14 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, Rejection> {
 fn query_unescape(raw: &str) -> Result<String, Rejection> {
     // `+` is a space, as in Go's `url.QueryUnescape`.
     let bytes = crate::percent::decode(raw, true, b"").map_err(percent_rejection)?;
-    String::from_utf8(bytes).map_err(|_| Rejection::new("query is not UTF-8 after decoding"))
+    String::from_utf8(bytes).map_err(|_| Rejection::QueryNotUtf8)
 }
 
 /// Why a percent-decoding failed, for the log line.
 fn percent_rejection(error: PercentError) -> Rejection {
     match error {
-        PercentError::BadEscape { at } => Rejection::new(format!("invalid percent escape at byte {at}")),
-        PercentError::Refused { byte } => {
-            let escaped = if byte == b'/' { "slash (%2F)" } else { "backslash (%5C)" };
-            Rejection::new(format!("path contains an encoded {escaped}"))
-        }
+        PercentError::BadEscape { at } => Rejection::BadPercentEscape { at },
+        PercentError::Refused { byte: b'/' } => Rejection::EncodedSlash,
+        PercentError::Refused { .. } => Rejection::EncodedBackslash,
     }
 }

@@ -72,9 +72,9 @@ impl DockerRoute {
 pub(super) fn docker_route(path: &str) -> Result<DockerRoute, Rejection> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         if path == "/v2" {
-            return Err(Rejection::new("docker ping must be /v2/ (with the slash)"));
+            return Err(Rejection::PingWithoutSlash);
         }
-        return Err(Rejection::new("docker path outside /v2/"));
+        return Err(Rejection::OutsideV2);
     };
     match rest {
         "" => return Ok(DockerRoute::Base),
@@ -88,7 +88,7 @@ pub(super) fn docker_route(path: &str) -> Result<DockerRoute, Rejection> {
         },
         [name @ .., "manifests", reference] => {
             if !is_valid_tag(reference) && !is_valid_digest(reference) {
-                return Err(Rejection::new("manifest reference is neither a tag nor a digest"));
+                return Err(Rejection::BadReference);
             }
             DockerRoute::Manifest {
                 name: repository_name(name)?,
@@ -100,7 +100,7 @@ pub(super) fn docker_route(path: &str) -> Result<DockerRoute, Rejection> {
         },
         [name @ .., "blobs", "uploads", session] => {
             if !is_valid_upload_session(session) {
-                return Err(Rejection::new("invalid blob upload session id"));
+                return Err(Rejection::BadUploadSession);
             }
             DockerRoute::BlobUpload {
                 name: repository_name(name)?,
@@ -115,25 +115,21 @@ pub(super) fn docker_route(path: &str) -> Result<DockerRoute, Rejection> {
             name: repository_name(name)?,
             digest: valid_digest(digest)?,
         },
-        _ => return Err(Rejection::new("not a docker registry API route")),
+        _ => return Err(Rejection::NotARoute),
     };
     Ok(route)
 }
 
 fn repository_name(components: &[&str]) -> Result<String, Rejection> {
     if components.is_empty() {
-        return Err(Rejection::new("not a docker registry API route (no repository name)"));
+        return Err(Rejection::NoRepositoryName);
     }
     let name = components.join("/");
     if name.len() > MAX_REPOSITORY_NAME_BYTES {
-        return Err(Rejection::new(format!(
-            "repository name longer than {MAX_REPOSITORY_NAME_BYTES} bytes"
-        )));
+        return Err(Rejection::RepositoryNameTooLong);
     }
     if !is_valid_repository_name(&name) {
-        return Err(Rejection::new(
-            "repository name outside the OCI grammar (lower-case [a-z0-9] components joined by . _ __ -)",
-        ));
+        return Err(Rejection::BadRepositoryName);
     }
     Ok(name)
 }
@@ -142,7 +138,7 @@ fn valid_digest(digest: &str) -> Result<String, Rejection> {
     if is_valid_digest(digest) {
         Ok(digest.to_string())
     } else {
-        Err(Rejection::new("invalid digest"))
+        Err(Rejection::BadDigest)
     }
 }
 

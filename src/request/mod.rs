@@ -7,8 +7,6 @@
 //! non-ASCII character, no `;` and no `%`, so a prefix test such as `path =^ "/v2/library/"`
 //! cannot be escaped by an encoding trick.
 
-use std::fmt;
-
 mod canonical;
 mod docker;
 #[cfg(test)]
@@ -31,25 +29,75 @@ pub const MAX_DIGEST_BYTES: usize = 1024;
 /// Longest upload session id. Registries use UUIDs (36 bytes); the bound is generous on purpose.
 pub const MAX_UPLOAD_SESSION_BYTES: usize = 256;
 
-/// Why a request target was refused: short, meant for the decision log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: String,
+/// Why a request target was refused. `Display` is short, meant for the decision log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("request target does not start with /")]
+    NotAbsolute,
+    #[error("request target contains a fragment (#)")]
+    Fragment,
+    #[error("path longer than {MAX_PATH_BYTES} bytes")]
+    PathTooLong,
+    #[error("query longer than {MAX_QUERY_BYTES} bytes")]
+    QueryTooLong,
+    #[error("invalid percent escape at byte {at}")]
+    BadPercentEscape { at: usize },
+    #[error("path contains an encoded slash (%2F)")]
+    EncodedSlash,
+    #[error("path contains an encoded backslash (%5C)")]
+    EncodedBackslash,
+    #[error("path is not UTF-8 after decoding")]
+    PathNotUtf8,
+    #[error("path contains a control character")]
+    ControlCharacter,
+    #[error("path contains a non-ASCII character")]
+    NonAscii,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path contains `;` (path parameter)")]
+    PathParameter,
+    #[error("path contains `%` after decoding (double encoding)")]
+    DoubleEncoding,
+    /// Only reachable through `%3F` / `%23`.
+    #[error("path contains an encoded `?` or `#`")]
+    EncodedQueryOrFragment,
+    #[error("path contains an empty segment (//)")]
+    EmptySegment,
+    #[error("path contains a dot segment")]
+    DotSegment,
+    #[error("query contains `;`")]
+    QuerySemicolon,
+    #[error("query is not UTF-8 after decoding")]
+    QueryNotUtf8,
+    #[error("docker ping must be /v2/ (with the slash)")]
+    PingWithoutSlash,
+    #[error("docker path outside /v2/")]
+    OutsideV2,
+    #[error("not a docker registry API route")]
+    NotARoute,
+    #[error("not a docker registry API route (no repository name)")]
+    NoRepositoryName,
+    #[error("repository name longer than {MAX_REPOSITORY_NAME_BYTES} bytes")]
+    RepositoryNameTooLong,
+    #[error("repository name outside the OCI grammar (lower-case [a-z0-9] components joined by . _ __ -)")]
+    BadRepositoryName,
+    #[error("manifest reference is neither a tag nor a digest")]
+    BadReference,
+    #[error("invalid digest")]
+    BadDigest,
+    #[error("invalid blob upload session id")]
+    BadUploadSession,
+    #[error("query parameter `{0}` repeated in a blob upload")]
+    RepeatedMountParameter(&'static str),
+    #[error("blob upload has `from` without `mount`")]
+    FromWithoutMount,
+    #[error("blob mount without `from` (registry would choose the source repository)")]
+    MountWithoutFrom,
+    #[error("blob mount: `mount` is not a valid digest")]
+    BadMountDigest,
+    #[error("blob mount: `from` is not a valid repository name")]
+    BadMountSource,
 }
-
-impl Rejection {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Rejection { reason: reason.into() }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Rejection {}
 
 /// The original request, canonicalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +141,11 @@ impl RequestTarget {
         if !matches!(self.docker, Some(DockerRoute::BlobUploadStart { .. })) {
             return Ok(None);
         }
-        let single = |key: &str| -> Result<Option<&str>, Rejection> {
+        let single = |key: &'static str| -> Result<Option<&str>, Rejection> {
             let mut values = self.query.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
             let first = values.next();
             if values.next().is_some() {
-                return Err(Rejection::new(format!(
-                    "query parameter `{key}` repeated in a blob upload"
-                )));
+                return Err(Rejection::RepeatedMountParameter(key));
             }
             Ok(first)
         };
@@ -108,16 +154,14 @@ impl RequestTarget {
         single("digest")?;
         match (mount, from) {
             (None, None) => Ok(None),
-            (None, Some(_)) => Err(Rejection::new("blob upload has `from` without `mount`")),
-            (Some(_), None) => Err(Rejection::new(
-                "blob mount without `from` (registry would choose the source repository)",
-            )),
+            (None, Some(_)) => Err(Rejection::FromWithoutMount),
+            (Some(_), None) => Err(Rejection::MountWithoutFrom),
             (Some(digest), Some(from)) => {
                 if !is_valid_digest(digest) {
-                    return Err(Rejection::new("blob mount: `mount` is not a valid digest"));
+                    return Err(Rejection::BadMountDigest);
                 }
                 if !is_valid_repository_name(from) {
-                    return Err(Rejection::new("blob mount: `from` is not a valid repository name"));
+                    return Err(Rejection::BadMountSource);
                 }
                 Ok(Some(Mount {
                     digest: digest.to_string(),

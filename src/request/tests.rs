@@ -137,7 +137,7 @@ fn check_case(line: &str) -> Result<(), String> {
         ("reject", Ok(target)) => Err(format!("accepted: {target:?}")),
         ("reject", Err(rejection)) => {
             let wanted = rest.collect::<Vec<_>>().join(" ");
-            if rejection.reason.contains(&wanted) {
+            if rejection.to_string().contains(&wanted) {
                 Ok(())
             } else {
                 Err(format!(
@@ -191,7 +191,7 @@ fn inputs_the_data_file_cannot_spell() {
     for uri in ["/v2/é/manifests/1", "/v2/a\u{ff0e}\u{ff0e}/x", "/files/\u{2215}etc"] {
         let rejection = canonicalize(uri, "raw").err();
         assert!(
-            rejection.as_ref().is_some_and(|r| r.reason.contains("non-ASCII")),
+            rejection.as_ref() == Some(&Rejection::NonAscii),
             "{uri:?}: {rejection:?}"
         );
     }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use lint::{lint, LintOptions, Warning};
+pub use lint::{lint, LintOptions};
 
 use crate::csel::{Expression, Facts};
 use crate::diagnostic::Diagnostics;
@@ -181,6 +181,8 @@ pub struct Grant {
 #[derive(Debug, Clone)]
 pub struct Rules {
     source_name: String,
+    /// The text the rules were parsed from, for the carets of [`lint`]'s warnings.
+    source: Arc<str>,
     selectors: Vec<SelectorDef>,
     selector_by_name: HashMap<String, usize>,
     groups: Vec<GroupDef>,
@@ -251,6 +253,7 @@ impl Rules {
     pub fn empty() -> Rules {
         Rules {
             source_name: "<empty>".into(),
+            source: Arc::from(""),
             selectors: Vec::new(),
             selector_by_name: HashMap::new(),
             groups: Vec::new(),
@@ -262,6 +265,11 @@ impl Rules {
 
     pub fn source_name(&self) -> &str {
         &self.source_name
+    }
+
+    /// The text the rules were parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn selectors(&self) -> &[SelectorDef] {
