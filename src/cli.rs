@@ -21,7 +21,7 @@ use crate::service::StartError;
     version,
     about = "nginx auth_request service for container registries, driven by Nexus-style content selectors"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -326,7 +326,7 @@ impl Conclusion {
 /// Why a command stopped before its answer. Printed once, by [`run`], which exits with
 /// [`Error::code`].
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// Flags or config file settings of `serve` that cannot work.
     #[error("error: {0}")]
     Settings(String),
@@ -347,7 +347,7 @@ pub enum Error {
     #[error("error: no rules file: give one, or `rules = \"FILE\"` in the config file")]
     NoRulesFile,
     #[error("{0}")]
-    Expression(#[from] Diagnostic),
+    Expression(Box<Diagnostic>),
     #[error("error: cannot read {path}: {source}")]
     ReadDecisions {
         path: String,
@@ -364,12 +364,16 @@ pub enum Error {
 impl Error {
     /// The exit status: 1 when the service could not start or `check` found a problem, 2 when a
     /// command could not run at all (bad flags, a file missing or invalid).
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         match self {
             Error::Start(error) => error.code(),
             Error::Checked(_) => Conclusion::No as u8,
             _ => 2,
         }
+    }
+
+    fn expression(diagnostic: Diagnostic) -> Error {
+        Error::Expression(Box::new(diagnostic))
     }
 
     fn checked(error: impl Into<Error>) -> Error {
@@ -616,7 +620,7 @@ fn test_command(args: &TestArgs) -> Result<Conclusion, Error> {
 }
 
 fn eval(args: &EvalArgs) -> Result<Conclusion, Error> {
-    let expression = Expression::parse(&args.expression)?;
+    let expression = Expression::parse(&args.expression).map_err(Error::expression)?;
     let facts = Facts {
         format: &args.format,
         path: &args.path,

@@ -36,12 +36,12 @@ pub struct Diagnostic {
     pub width: usize,
     pub message: String,
     /// An extra hint (`did you mean …`, the list of valid words).
-    pub help: Option<String>,
+    pub help: Option<Box<str>>,
 }
 
 impl Diagnostic {
     /// An error for the byte range `start..end` of `source`.
-    pub fn at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
+    pub(crate) fn at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
         let start = floor_char_boundary(source, start.min(source.len()));
         let end = floor_char_boundary(source, end.clamp(start, source.len()));
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -62,15 +62,15 @@ impl Diagnostic {
     }
 
     /// A warning for the byte range `start..end` of `source`.
-    pub fn warning_at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
+    pub(crate) fn warning_at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::at(file, source, start, end, message)
         }
     }
 
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+    pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into().into_boxed_str());
         self
     }
 }
@@ -155,7 +155,7 @@ impl From<Diagnostic> for Diagnostics {
 
 /// The closest of `candidates` to `word`, if it is close enough to be a
 /// likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))

@@ -26,6 +26,15 @@
 //! The language knows nothing of HTTP; identity sources know nothing of the
 //! rules; only `csel`, `rules` and `grammar` know pest; the service knows
 //! everything.
+//!
+//! Only what the integration tests, benches and fuzz targets use is `pub`;
+//! everything else is `pub(crate)`, which `unreachable_pub` keeps so.
+
+// In the library only: the integration tests and benches are crates of their own whose shared
+// modules are `pub` by necessity and whose helpers unwrap freely.
+#![warn(unreachable_pub)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cli;
 pub mod config;
@@ -37,14 +46,14 @@ mod grammar;
 pub mod identity;
 /// The LDAP identity source, at its historical path.
 pub use identity::ldap;
-pub mod metrics;
+pub(crate) mod metrics;
 mod percent;
-pub mod reload;
+pub(crate) mod reload;
 pub mod request;
 pub mod rules;
-pub mod service;
+pub(crate) mod service;
 pub mod token;
 
 /// The registry's catalog lists every repository name: only a grant whose
 /// target names it explicitly reaches it (`*` does not).
-pub const CATALOG_PATH: &str = "/v2/_catalog";
+pub(crate) const CATALOG_PATH: &str = "/v2/_catalog";

@@ -42,14 +42,14 @@ const SETTLE_ATTEMPTS: usize = 20;
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How long a writer may keep a watched file open before the wait is logged.
 /// Writers normally close within milliseconds; the wait goes on regardless.
-pub const WRITER_WARNING: Duration = Duration::from_secs(5);
+pub(crate) const WRITER_WARNING: Duration = Duration::from_secs(5);
 /// Longest wait for a pause in a stream of events before checking anyway.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(100);
 
 type Fingerprint = [u8; 32];
 
 /// The rules and users in force, and where they come from.
-pub struct Store {
+pub(crate) struct Store {
     rules: ArcSwap<Rules>,
     htpasswd: ArcSwap<Htpasswd>,
     rules_path: PathBuf,
@@ -116,7 +116,7 @@ fn now_unix() -> u64 {
 
 /// Why the files could not be loaded at start.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     #[error(transparent)]
     Rules(#[from] LoadError),
     #[error(transparent)]
@@ -125,7 +125,7 @@ pub enum OpenError {
 
 /// Why watching the files could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     #[error("cannot start the file watcher: {0}")]
     Watcher(#[source] notify::Error),
     #[error("cannot watch {}: {source}", directory.display())]
@@ -144,7 +144,11 @@ pub enum WatchError {
 
 impl Store {
     /// Loads both files; any error stops the start-up.
-    pub fn open(rules_path: &Path, htpasswd_path: Option<&Path>, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
+    pub(crate) fn open(
+        rules_path: &Path,
+        htpasswd_path: Option<&Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, OpenError> {
         let rules_before = fingerprint_of(rules_path);
         let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
         let rules = Rules::load(rules_path)?;
@@ -182,11 +186,11 @@ impl Store {
         Ok(store)
     }
 
-    pub fn rules(&self) -> Arc<Rules> {
+    pub(crate) fn rules(&self) -> Arc<Rules> {
         self.rules.load_full()
     }
 
-    pub fn htpasswd(&self) -> Arc<Htpasswd> {
+    pub(crate) fn htpasswd(&self) -> Arc<Htpasswd> {
         self.htpasswd.load_full()
     }
 
@@ -210,7 +214,7 @@ impl Store {
     /// Reloads whichever file changed. `Check::Forced` reparses even
     /// unchanged files (SIGHUP). A file open for writing is left alone: its
     /// writer's close brings the next check.
-    pub fn check(&self, how: Check) {
+    pub(crate) fn check(&self, how: Check) {
         let _one_at_a_time = self.checking.lock();
         let to_read: Vec<(Watched, &Path)> = [Watched::Rules, Watched::Htpasswd]
             .into_iter()
@@ -393,7 +397,7 @@ fn sync_watches(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     /// Something changed in a watched directory: read the files.
     Event,
     /// The timer: read only files whose size, time or inode changed.
@@ -597,7 +601,7 @@ impl Store {
 
 /// Starts the watcher and the periodic check on their own threads. They run
 /// until the process ends.
-pub fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchError> {
+pub(crate) fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchError> {
     let (sender, receiver) = std::sync::mpsc::channel::<()>();
     let noted = Arc::clone(&store);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -651,7 +655,7 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchError> {
 }
 
 /// SIGHUP: reparse both files, off the async threads.
-pub fn reload_now(store: &Arc<Store>) {
+pub(crate) fn reload_now(store: &Arc<Store>) {
     let store = Arc::clone(store);
     std::thread::spawn(move || store.check(Check::Forced));
 }

@@ -12,7 +12,7 @@ use rand::RngCore;
 use super::MAX_USER_NAME_BYTES;
 
 /// The largest htpasswd file read, at start and on reload (about 400 000 users).
-pub const MAX_HTPASSWD_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_HTPASSWD_BYTES: u64 = 32 << 20;
 
 /// Cost of the dummy hash when the htpasswd file has no entries to copy it from.
 const DEFAULT_DUMMY_COST: u32 = 10;
@@ -40,7 +40,7 @@ pub struct Htpasswd {
 /// A user who cannot log in because of their line in the htpasswd file. `Display` names the file,
 /// the line and the problem, as a load error does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisabledUser {
+pub(crate) struct DisabledUser {
     pub user: String,
     pub file: String,
     pub line: usize,
@@ -181,12 +181,18 @@ impl Htpasswd {
     }
 
     /// No users at all: every Basic login fails (after the same bcrypt time as any other).
-    pub fn empty() -> Htpasswd {
+    pub(crate) fn empty() -> Htpasswd {
         Htpasswd {
             hashes: BTreeMap::new(),
             dummy_hash: random_unmatchable_bcrypt_hash(DEFAULT_DUMMY_COST),
             disabled: Vec::new(),
         }
+    }
+
+    /// The user names, in sorted order.
+    #[cfg(test)]
+    fn users(&self) -> impl Iterator<Item = &str> {
+        self.hashes.keys().map(String::as_str)
     }
 
     /// Whether `user` can log in (is listed, and not disabled).
@@ -195,18 +201,13 @@ impl Htpasswd {
     }
 
     /// Users listed in the file who cannot log in, in file order.
-    pub fn disabled(&self) -> &[DisabledUser] {
+    pub(crate) fn disabled(&self) -> &[DisabledUser] {
         &self.disabled
     }
 
     /// Whether `user` is listed but disabled.
-    pub fn is_disabled(&self, user: &str) -> bool {
+    pub(crate) fn is_disabled(&self, user: &str) -> bool {
         self.disabled.iter().any(|d| d.user == user)
-    }
-
-    /// The user names, in sorted order.
-    pub fn users(&self) -> impl Iterator<Item = &str> {
-        self.hashes.keys().map(String::as_str)
     }
 
     pub fn len(&self) -> usize {

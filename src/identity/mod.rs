@@ -22,13 +22,14 @@ mod fixtures;
 mod htpasswd;
 pub mod ldap;
 mod login_cache;
-pub mod throttle;
+pub(crate) mod throttle;
 mod verifier;
 
 pub use authorization::{parse_authorization, AuthHeaderError, Credentials, MAX_AUTHORIZATION_LEN};
-pub use htpasswd::{DisabledUser, Htpasswd, HtpasswdError, MAX_HTPASSWD_BYTES};
-pub use verifier::{Login, Overload, Verifier, BCRYPT_QUEUE_DEADLINE, MAX_BCRYPT_QUEUE};
+pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use verifier::Verifier;
+pub(crate) use verifier::{Login, Overload, BCRYPT_QUEUE_DEADLINE, MAX_BCRYPT_QUEUE};
 
 /// The longest user name, in bytes, that a login may name: a longer one is refused before
 /// anything about it is stored or computed.
-pub const MAX_USER_NAME_BYTES: usize = 256;
+pub(crate) const MAX_USER_NAME_BYTES: usize = 256;

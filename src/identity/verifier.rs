@@ -18,17 +18,17 @@ use super::throttle::{LimitKind, LoginThrottle};
 use super::{Htpasswd, MAX_USER_NAME_BYTES};
 
 /// Checks waiting for a bcrypt place at most (a flood beyond it is refused at once).
-pub const MAX_BCRYPT_QUEUE: usize = 1024;
+pub(crate) const MAX_BCRYPT_QUEUE: usize = 1024;
 
 /// How long a check waits for a bcrypt place before it is answered without one: well under the
 /// 30 s `proxy_read_timeout` of the nginx snippet, so the answer comes before nginx gives up.
-pub const BCRYPT_QUEUE_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const BCRYPT_QUEUE_DEADLINE: Duration = Duration::from_secs(10);
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// What became of a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Login {
+pub(crate) enum Login {
     /// The password is right.
     Accepted,
     /// A wrong password, or a user who is unknown or disabled (one bcrypt, as for any check).
@@ -42,27 +42,27 @@ pub enum Login {
 }
 
 impl Login {
-    pub fn is_accepted(self) -> bool {
+    pub(crate) fn is_accepted(self) -> bool {
         self == Login::Accepted
     }
 }
 
 /// Why a check was answered without a bcrypt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overload {
+pub(crate) enum Overload {
     QueueFull,
     Deadline,
 }
 
 impl Overload {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Overload::QueueFull => "queue_full",
             Overload::Deadline => "deadline",
         }
     }
 
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Overload::QueueFull => "the bcrypt queue is full",
             Overload::Deadline => "no bcrypt place came free before the deadline",
@@ -135,7 +135,7 @@ impl Verifier {
     /// As [`Verifier::new`]; a check that needs a bcrypt must first be admitted by `throttle`,
     /// waits at most `queue_deadline` for a bcrypt place, and is refused at once when `max_queue`
     /// checks are waiting already.
-    pub fn with_limits(
+    pub(crate) fn with_limits(
         cache_capacity: usize,
         max_concurrent_bcrypt: usize,
         throttle: Option<Arc<LoginThrottle>>,
@@ -176,7 +176,13 @@ impl Verifier {
     /// of the same credentials already queued or running is waited for; otherwise, once the
     /// throttle admits it, a new check waits for a bcrypt place on the blocking thread pool. The
     /// throttle learns every outcome, also when the request went away before it.
-    pub async fn login(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str, client: Option<IpAddr>) -> Login {
+    pub(crate) async fn login(
+        &self,
+        htpasswd: &Arc<Htpasswd>,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Login {
         let shared = &self.shared;
         if user.len() > MAX_USER_NAME_BYTES {
             shared.long_names.fetch_add(1, Ordering::Relaxed);
@@ -264,48 +270,48 @@ impl Verifier {
     }
 
     /// Checks answered from the cache of successes.
-    pub fn cache_hits(&self) -> u64 {
+    pub(crate) fn cache_hits(&self) -> u64 {
         self.shared.cache_hits.load(Ordering::Relaxed)
     }
 
     /// Checks that waited for an identical check already running instead of starting their own.
-    pub fn shared_waits(&self) -> u64 {
+    pub(crate) fn shared_waits(&self) -> u64 {
         self.shared.shared_waits.load(Ordering::Relaxed)
     }
 
     /// Successful checks currently remembered.
-    pub fn cached_successes(&self) -> usize {
+    pub(crate) fn cached_successes(&self) -> usize {
         lock(&self.shared.successes).len()
     }
 
     /// bcrypt computations running right now.
-    pub fn bcrypt_in_progress(&self) -> usize {
+    pub(crate) fn bcrypt_in_progress(&self) -> usize {
         self.shared.bcrypt_running.load(Ordering::Relaxed)
     }
 
     /// Checks waiting for a bcrypt place right now.
-    pub fn queue_length(&self) -> usize {
+    pub(crate) fn queue_length(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)
     }
 
     /// Checks that left the queue without a bcrypt because every request waiting for them went
     /// away.
-    pub fn abandoned(&self) -> u64 {
+    pub(crate) fn abandoned(&self) -> u64 {
         self.shared.abandoned.load(Ordering::Relaxed)
     }
 
     /// Checks answered without a bcrypt for `why`.
-    pub fn overloaded(&self, why: Overload) -> u64 {
+    pub(crate) fn overloaded(&self, why: Overload) -> u64 {
         self.shared.overloaded[why as usize].load(Ordering::Relaxed)
     }
 
     /// Checks the throttle refused for `limit`.
-    pub fn limited(&self, limit: LimitKind) -> u64 {
+    pub(crate) fn limited(&self, limit: LimitKind) -> u64 {
         self.shared.limited[limit as usize].load(Ordering::Relaxed)
     }
 
     /// Logins refused for a user name longer than [`MAX_USER_NAME_BYTES`].
-    pub fn long_names(&self) -> u64 {
+    pub(crate) fn long_names(&self) -> u64 {
         self.shared.long_names.load(Ordering::Relaxed)
     }
 }

@@ -40,7 +40,7 @@ impl DockerRoute {
     }
 
     /// A short name of the route kind, for logs and `explain`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             DockerRoute::Base => "base",
             DockerRoute::Catalog => "catalog",
@@ -144,7 +144,7 @@ fn valid_digest(digest: &str) -> Result<String, Rejection> {
 
 /// OCI repository name: components `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*` joined by `/`,
 /// at most 255 bytes in all.
-pub fn is_valid_repository_name(name: &str) -> bool {
+pub(crate) fn is_valid_repository_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_REPOSITORY_NAME_BYTES && name.split('/').all(is_valid_name_component)
 }
 
@@ -165,7 +165,7 @@ fn is_valid_name_component(component: &str) -> bool {
 }
 
 /// OCI tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-pub fn is_valid_tag(tag: &str) -> bool {
+pub(crate) fn is_valid_tag(tag: &str) -> bool {
     let bytes = tag.as_bytes();
     let Some(first) = bytes.first() else {
         return false;
@@ -179,7 +179,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
 
 /// OCI digest: `[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+`; `sha256` must be followed by
 /// exactly 64 and `sha512` by exactly 128 lower-case hex digits.
-pub fn is_valid_digest(digest: &str) -> bool {
+pub(crate) fn is_valid_digest(digest: &str) -> bool {
     if digest.len() > MAX_DIGEST_BYTES {
         return false;
     }
@@ -206,7 +206,7 @@ pub fn is_valid_digest(digest: &str) -> bool {
 }
 
 /// Upload session id as distribution routes it: `[a-zA-Z0-9._=-]+`, at most 256 bytes.
-pub fn is_valid_upload_session(session: &str) -> bool {
+pub(crate) fn is_valid_upload_session(session: &str) -> bool {
     !session.is_empty()
         && session.len() <= MAX_UPLOAD_SESSION_BYTES
         && session

@@ -13,7 +13,8 @@ mod docker;
 mod tests;
 
 pub use canonical::canonicalize;
-pub use docker::{is_valid_digest, is_valid_repository_name, is_valid_tag, is_valid_upload_session, DockerRoute};
+pub use docker::DockerRoute;
+use docker::{is_valid_digest, is_valid_repository_name};
 
 /// Longest path, in bytes as sent by the client (the decoded path is never longer).
 pub const MAX_PATH_BYTES: usize = 4096;

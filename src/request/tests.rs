@@ -1,6 +1,8 @@
-use super::*;
 use proptest::prelude::*;
 use regex::Regex;
+
+use super::docker::is_valid_tag;
+use super::*;
 
 const PATH_CASES: &str = include_str!("../../tests/data/paths.txt");
 

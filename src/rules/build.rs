@@ -437,7 +437,6 @@ impl Builder {
             source_name: file.to_string(),
             source: Arc::from(text),
             selectors: self.selectors,
-            selector_by_name: self.selector_by_name,
             groups: self.groups,
             groups_of_user,
             grants: self.grants,

@@ -18,7 +18,7 @@ use crate::diagnostic::Diagnostics;
 use crate::files::{read_bounded, ReadError};
 
 /// Largest rules file accepted; far above 100k grants.
-pub const MAX_RULES_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_RULES_BYTES: u64 = 32 << 20;
 
 /// The four kinds of access, as Nexus names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,11 +30,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
+    pub(crate) const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
 
     /// Nexus's mapping of HTTP methods; any other method has no action and
     /// is denied.
-    pub fn from_method(method: &str) -> Option<Action> {
+    pub(crate) fn from_method(method: &str) -> Option<Action> {
         Some(match method {
             "GET" | "HEAD" | "OPTIONS" => Action::Read,
             "POST" | "PATCH" => Action::Add,
@@ -44,7 +44,7 @@ impl Action {
         })
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Action::Read => "read",
             Action::Add => "add",
@@ -69,10 +69,11 @@ impl fmt::Display for Action {
 pub struct ActionSet(u8);
 
 impl ActionSet {
-    pub const ACTION_WORDS: &'static str = "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
+    pub(crate) const ACTION_WORDS: &'static str =
+        "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
 
     /// `read`, `add`, `edit`, `delete`, `*`, and Docker's `pull` and `push`.
-    pub fn from_word(word: &str) -> Option<ActionSet> {
+    pub(crate) fn from_word(word: &str) -> Option<ActionSet> {
         let actions: &[Action] = match word {
             "read" | "pull" => &[Action::Read],
             "add" => &[Action::Add],
@@ -85,15 +86,15 @@ impl ActionSet {
         Some(actions.iter().fold(ActionSet::default(), |set, a| set.with(*a)))
     }
 
-    pub fn with(self, action: Action) -> ActionSet {
+    pub(crate) fn with(self, action: Action) -> ActionSet {
         ActionSet(self.0 | action.bit())
     }
 
-    pub fn union(self, other: ActionSet) -> ActionSet {
+    pub(crate) fn union(self, other: ActionSet) -> ActionSet {
         ActionSet(self.0 | other.0)
     }
 
-    pub fn contains(self, action: Action) -> bool {
+    pub(crate) fn contains(self, action: Action) -> bool {
         self.0 & action.bit() != 0
     }
 }
@@ -144,7 +145,7 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone)]
-pub struct SelectorDef {
+pub(crate) struct SelectorDef {
     pub name: String,
     pub line: usize,
     pub column: usize,
@@ -152,14 +153,14 @@ pub struct SelectorDef {
 }
 
 #[derive(Debug, Clone)]
-pub struct GroupDef {
+pub(crate) struct GroupDef {
     pub name: String,
     pub line: usize,
     pub members: Vec<Member>,
 }
 
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     pub line: usize,
     pub column: usize,
@@ -184,7 +185,6 @@ pub struct Rules {
     /// The text the rules were parsed from, for the carets of [`lint`]'s warnings.
     source: Arc<str>,
     selectors: Vec<SelectorDef>,
-    selector_by_name: HashMap<String, usize>,
     groups: Vec<GroupDef>,
     groups_of_user: HashMap<String, Vec<usize>>,
     grants: Vec<Grant>,
@@ -250,12 +250,11 @@ impl Rules {
     }
 
     /// Rules with no statement: everything is denied.
-    pub fn empty() -> Rules {
+    pub(crate) fn empty() -> Rules {
         Rules {
             source_name: "<empty>".into(),
             source: Arc::from(""),
             selectors: Vec::new(),
-            selector_by_name: HashMap::new(),
             groups: Vec::new(),
             groups_of_user: HashMap::new(),
             grants: Vec::new(),
@@ -263,24 +262,20 @@ impl Rules {
         }
     }
 
-    pub fn source_name(&self) -> &str {
+    pub(crate) fn source_name(&self) -> &str {
         &self.source_name
     }
 
     /// The text the rules were parsed from.
-    pub fn source(&self) -> &str {
+    pub(crate) fn source(&self) -> &str {
         &self.source
     }
 
-    pub fn selectors(&self) -> &[SelectorDef] {
+    pub(crate) fn selectors(&self) -> &[SelectorDef] {
         &self.selectors
     }
 
-    pub fn selector(&self, name: &str) -> Option<&SelectorDef> {
-        self.selector_by_name.get(name).map(|i| &self.selectors[*i])
-    }
-
-    pub fn groups(&self) -> &[GroupDef] {
+    pub(crate) fn groups(&self) -> &[GroupDef] {
         &self.groups
     }
 
@@ -319,7 +314,7 @@ impl Rules {
     /// to the user by name, and to each of the user's groups. Only these
     /// lists are looked at, so the cost does not grow with the grants that
     /// concern other users; nothing is allocated.
-    pub fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
+    pub(crate) fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
         let first_in = |numbers: &[u32]| {
             numbers
                 .iter()
@@ -339,11 +334,11 @@ impl Rules {
     }
 
     /// Whether one of the grant's targets matches.
-    pub fn target_matches_any(&self, grant: &Grant, facts: &Facts) -> bool {
+    pub(crate) fn target_matches_any(&self, grant: &Grant, facts: &Facts) -> bool {
         grant.targets.iter().any(|t| self.target_matches(t, facts))
     }
 
-    pub fn target_matches(&self, target: &Target, facts: &Facts) -> bool {
+    pub(crate) fn target_matches(&self, target: &Target, facts: &Facts) -> bool {
         let expression = match target {
             Target::Everything => return facts.path != crate::CATALOG_PATH,
             Target::Selector(i) => &self.selectors[*i].expression,
@@ -359,7 +354,7 @@ impl Rules {
     }
 
     /// How a target is written in the file.
-    pub fn target_text(&self, target: &Target) -> String {
+    pub(crate) fn target_text(&self, target: &Target) -> String {
         match target {
             Target::Everything => "*".into(),
             Target::Selector(i) => self.selectors[*i].name.clone(),
@@ -368,7 +363,7 @@ impl Rules {
     }
 
     /// Whether `subject` names `user` (`None`: anonymous).
-    pub fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
+    pub(crate) fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
         match (subject, user) {
             (Subject::Anonymous, _) => true,
             (_, None) => false,

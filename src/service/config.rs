@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Where to listen.
 #[derive(Debug, Clone)]
-pub enum Listen {
+pub(crate) enum Listen {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -27,7 +27,7 @@ impl std::str::FromStr for Listen {
 
 /// The token realm's settings.
 #[derive(Debug, Clone)]
-pub struct TokenConfig {
+pub(crate) struct TokenConfig {
     pub realm: String,
     pub service: String,
     pub key_file: PathBuf,
@@ -38,7 +38,7 @@ pub struct TokenConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// `--config`: the file and what it said at start, to tell on SIGHUP
     /// which of its changes need a restart.
     pub config_file: Option<(PathBuf, crate::config::ConfigFile)>,

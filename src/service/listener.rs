@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Runs the service until SIGTERM or SIGINT. A start failure is logged and returned.
-pub fn run(config: Config) -> Result<(), StartError> {
+pub(crate) fn run(config: Config) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,13 +20,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-pub use config::{Config, Listen, TokenConfig};
-pub use listener::run;
+pub(crate) use config::{Config, Listen, TokenConfig};
+pub(crate) use listener::run;
 
 /// Why the service could not start. Each is the end of `csel-auth serve`, with exit status
 /// [`StartError::code`].
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error(transparent)]
     Files(#[from] crate::reload::OpenError),
     #[error(transparent)]
@@ -62,7 +62,7 @@ pub enum StartError {
 
 impl StartError {
     /// The exit status of a service that could not start.
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         1
     }
 }
@@ -81,7 +81,7 @@ struct TokenRealm {
 }
 
 /// Everything a request needs, shared by all connections.
-pub struct App {
+pub(crate) struct App {
     store: Arc<Store>,
     verifier: Verifier,
     throttle: Arc<LoginThrottle>,
@@ -141,7 +141,7 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Single<'a> {
 }
 
 impl App {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, StartError> {
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, StartError> {
         let store = Arc::new(Store::open(
             &config.rules,
             config.htpasswd.as_deref(),
@@ -182,7 +182,7 @@ impl App {
         })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

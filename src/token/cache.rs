@@ -9,14 +9,14 @@ use super::jwt::unix_seconds;
 use super::{verify, Identity, TokenError, TokenKey, TokenKind, TokenSettings, MAX_TOKEN_LEN};
 
 /// Verified access tokens remembered for users, least recently used evicted first.
-pub const USER_TOKEN_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const USER_TOKEN_CACHE_ENTRIES: usize = 10_000;
 /// Verified anonymous access tokens remembered. Anyone can get any number of
 /// them, so they have their own, smaller cache and never evict a user's entry.
-pub const ANONYMOUS_TOKEN_CACHE_ENTRIES: usize = 1_000;
+pub(crate) const ANONYMOUS_TOKEN_CACHE_ENTRIES: usize = 1_000;
 
 /// What a cached verification gives back: the subject and the token's binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedAccess {
+pub(crate) struct CachedAccess {
     pub identity: Identity,
     /// See [`VerifiedToken::binding`]; the caller compares it with the current
     /// credential on every request, so a cached entry never outlives it.
@@ -29,7 +29,7 @@ pub struct CachedAccess {
 /// SHA-256 of the token, so an entry's size does not depend on the token's,
 /// and kept in two bounded LRU maps, one for users and one for anonymous
 /// tokens.
-pub struct VerifiedTokenCache {
+pub(crate) struct VerifiedTokenCache {
     users: std::sync::Mutex<lru::LruCache<[u8; 32], (CachedAccess, u64)>>,
     anonymous: std::sync::Mutex<lru::LruCache<[u8; 32], u64>>,
     hits: std::sync::atomic::AtomicU64,
@@ -47,7 +47,7 @@ impl fmt::Debug for VerifiedTokenCache {
 
 impl VerifiedTokenCache {
     /// Room for `users` user tokens and `anonymous` anonymous ones (each at least 1).
-    pub fn new(users: usize, anonymous: usize) -> VerifiedTokenCache {
+    pub(crate) fn new(users: usize, anonymous: usize) -> VerifiedTokenCache {
         let capacity = |n: usize| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
         VerifiedTokenCache {
             users: std::sync::Mutex::new(lru::LruCache::new(capacity(users))),
@@ -56,7 +56,7 @@ impl VerifiedTokenCache {
         }
     }
 
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         key: &TokenKey,
         settings: &TokenSettings,
@@ -106,12 +106,12 @@ impl VerifiedTokenCache {
     }
 
     /// Requests answered from the cache.
-    pub fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Entries held: (users, anonymous).
-    pub fn len(&self) -> (usize, usize) {
+    pub(crate) fn len(&self) -> (usize, usize) {
         let users = self.users.lock().map_or(0, |users| users.len());
         let anonymous = self.anonymous.lock().map_or(0, |anonymous| anonymous.len());
         (users, anonymous)

@@ -8,7 +8,7 @@ use super::{Scope, TokenSettings};
 /// `Bearer realm="…",service="…"[,scope="…"][,error="…"]`. Quotes and
 /// backslashes are escaped; control characters (CR, LF, …) are dropped, so
 /// the result is always a valid header value.
-pub fn challenge(settings: &TokenSettings, scope: Option<&Scope>, error: Option<&str>) -> String {
+pub(crate) fn challenge(settings: &TokenSettings, scope: Option<&Scope>, error: Option<&str>) -> String {
     let mut value = format!(
         "Bearer realm={},service={}",
         quoted_string(&settings.realm),
@@ -45,14 +45,14 @@ fn quoted_string(text: &str) -> String {
 /// Distribution error body: `{"errors":[{"code":…,"message":…,"detail":null}]}`
 /// (codes such as `UNAUTHORIZED`, `DENIED`, `UNSUPPORTED`). This is what the
 /// docker client parses on any 4xx from the token endpoint.
-pub fn error_json(code: &str, message: &str) -> String {
+pub(crate) fn error_json(code: &str, message: &str) -> String {
     json!({"errors": [{"code": code, "message": message, "detail": null}]}).to_string()
 }
 
 /// OAuth2 error body for `POST /token` (RFC 6749 section 5.2) that also holds
 /// the distribution `errors` list, so OAuth clients and the docker client both
 /// understand it: `{"error":…,"error_description":…,"errors":[…]}`.
-pub fn oauth_error_json(oauth_error: &str, description: &str) -> String {
+pub(crate) fn oauth_error_json(oauth_error: &str, description: &str) -> String {
     let code = match oauth_error {
         "invalid_grant" | "invalid_client" | "invalid_token" => "UNAUTHORIZED",
         "unsupported_grant_type" => "UNSUPPORTED",

@@ -5,10 +5,10 @@ use std::fmt;
 use super::{parse_scopes, Scope, TokenSettings};
 
 /// Largest query string or POST body the token endpoint parsers accept.
-pub const MAX_TOKEN_REQUEST_LEN: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_REQUEST_LEN: usize = 16 * 1024;
 
 #[derive(Clone, PartialEq, Eq)]
-pub enum TokenRequest {
+pub(crate) enum TokenRequest {
     /// `GET /token?service=…&scope=…&account=…&offline_token=true`; credentials,
     /// if any, come in the `Authorization` header. `client_id` is accepted and
     /// ignored.
@@ -77,7 +77,7 @@ impl fmt::Debug for TokenRequest {
 }
 
 impl TokenRequest {
-    pub fn service(&self) -> Option<&str> {
+    pub(crate) fn service(&self) -> Option<&str> {
         match self {
             TokenRequest::Get { service, .. }
             | TokenRequest::PasswordGrant { service, .. }
@@ -85,17 +85,9 @@ impl TokenRequest {
         }
     }
 
-    pub fn scopes(&self) -> &[Scope] {
-        match self {
-            TokenRequest::Get { scopes, .. }
-            | TokenRequest::PasswordGrant { scopes, .. }
-            | TokenRequest::RefreshGrant { scopes, .. } => scopes,
-        }
-    }
-
     /// The parsers do not know the configuration: call this before issuing.
     /// A `service` naming another service is an error; an absent one is fine.
-    pub fn check_service(&self, settings: &TokenSettings) -> Result<(), TokenRequestError> {
+    pub(crate) fn check_service(&self, settings: &TokenSettings) -> Result<(), TokenRequestError> {
         match self.service() {
             Some(service) if service != settings.service => Err(TokenRequestError::WrongService {
                 expected: settings.service.clone(),
@@ -108,7 +100,7 @@ impl TokenRequest {
 /// Why a token request was refused. Display never contains parameter values
 /// (passwords, tokens), only parameter names and configured text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRequestError {
+pub(crate) enum TokenRequestError {
     #[error("token request larger than {MAX_TOKEN_REQUEST_LEN} bytes")]
     TooLarge,
     #[error("token requests must be application/x-www-form-urlencoded (UTF-8)")]
@@ -129,7 +121,7 @@ pub enum TokenRequestError {
 
 impl TokenRequestError {
     /// The RFC 6749 `error` code for a 400 answer.
-    pub fn oauth_error(&self) -> &'static str {
+    pub(crate) fn oauth_error(&self) -> &'static str {
         match self {
             TokenRequestError::UnsupportedGrantType => "unsupported_grant_type",
             _ => "invalid_request",
@@ -137,7 +129,7 @@ impl TokenRequestError {
     }
 }
 
-pub fn parse_token_get(query: &str) -> Result<TokenRequest, TokenRequestError> {
+pub(crate) fn parse_token_get(query: &str) -> Result<TokenRequest, TokenRequestError> {
     let query = query.strip_prefix('?').unwrap_or(query);
     if query.len() > MAX_TOKEN_REQUEST_LEN {
         return Err(TokenRequestError::TooLarge);
@@ -165,7 +157,7 @@ pub fn parse_token_get(query: &str) -> Result<TokenRequest, TokenRequestError> {
     })
 }
 
-pub fn parse_token_post(content_type: Option<&str>, body: &[u8]) -> Result<TokenRequest, TokenRequestError> {
+pub(crate) fn parse_token_post(content_type: Option<&str>, body: &[u8]) -> Result<TokenRequest, TokenRequestError> {
     if !is_form_content_type(content_type) {
         return Err(TokenRequestError::UnsupportedContentType);
     }

@@ -154,7 +154,7 @@ pub(super) fn sign_raw(key: &TokenKey, kind: TokenKind, header: &[u8], payload: 
 
 /// `{"token","access_token","expires_in","issued_at","scope"[,"refresh_token"]}`.
 /// `scope` is OAuth's required field; distribution clients ignore it.
-pub fn token_response_json(issued: &IssuedToken) -> String {
+pub(crate) fn token_response_json(issued: &IssuedToken) -> String {
     let mut body = json!({
         "token": issued.token,
         "access_token": issued.token,

@@ -16,7 +16,7 @@ use rand::RngCore;
 use super::{HmacSha256, TokenKind};
 
 /// Shortest key accepted from a key file or [`TokenKey::from_bytes`].
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 
 const GENERATED_KEY_BYTES: usize = 32;
 const MAX_KEY_FILE_LEN: u64 = 4096;
@@ -203,7 +203,7 @@ fn create_key_file(path: &Path) -> Result<TokenKey, TokenKeyError> {
     rand::rngs::OsRng
         .try_fill_bytes(&mut secret)
         .map_err(|error| io_error("generate random bytes for")(io::Error::other(error)))?;
-    let text = format!("{}\n", hex::encode(&secret));
+    let text = format!("{}\n", hex::encode(secret));
 
     let file_name = path
         .file_name()
@@ -218,7 +218,7 @@ fn create_key_file(path: &Path) -> Result<TokenKey, TokenKeyError> {
         ".{}.{}-{}.tmp",
         file_name.to_string_lossy(),
         std::process::id(),
-        hex::encode(&suffix)
+        hex::encode(suffix)
     ));
     if let Err(source) = write_new_private_file(&temporary, text.as_bytes()) {
         if source.kind() == io::ErrorKind::NotFound && !directory.is_dir() {

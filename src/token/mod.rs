@@ -52,12 +52,14 @@ use std::time::Duration;
 use hmac::Hmac;
 use sha2::Sha256;
 
-pub use cache::{CachedAccess, VerifiedTokenCache, ANONYMOUS_TOKEN_CACHE_ENTRIES, USER_TOKEN_CACHE_ENTRIES};
-pub use challenge::{challenge, error_json, oauth_error_json};
-pub use endpoint::{parse_token_get, parse_token_post, TokenRequest, TokenRequestError, MAX_TOKEN_REQUEST_LEN};
-pub use jwt::{issue, token_response_json, verify, IssuedToken, TokenError, TokenKind, VerifiedToken};
-pub use key::{TokenKey, TokenKeyError, MIN_KEY_BYTES};
-pub use scope::{format_scopes, parse_scopes, Scope, MAX_ACTIONS_PER_SCOPE, MAX_SCOPES, MAX_SCOPE_NAME_LEN};
+pub(crate) use cache::{CachedAccess, VerifiedTokenCache};
+pub(crate) use challenge::{challenge, error_json, oauth_error_json};
+pub(crate) use endpoint::{parse_token_get, parse_token_post, TokenRequest, TokenRequestError, MAX_TOKEN_REQUEST_LEN};
+pub(crate) use jwt::token_response_json;
+pub use jwt::{issue, verify, IssuedToken, TokenError, TokenKind, VerifiedToken};
+pub use key::{TokenKey, TokenKeyError};
+pub(crate) use scope::format_scopes;
+pub use scope::{parse_scopes, Scope};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -4,11 +4,11 @@
 use std::fmt;
 
 /// Most distinct scopes [`parse_scopes`] keeps; further ones are ignored.
-pub const MAX_SCOPES: usize = 16;
+pub(crate) const MAX_SCOPES: usize = 16;
 /// Longest resource name accepted in a scope (OCI limits names to 255).
-pub const MAX_SCOPE_NAME_LEN: usize = 255;
+pub(crate) const MAX_SCOPE_NAME_LEN: usize = 255;
 /// Most distinct actions accepted in one scope; more makes the scope malformed.
-pub const MAX_ACTIONS_PER_SCOPE: usize = 8;
+pub(crate) const MAX_ACTIONS_PER_SCOPE: usize = 8;
 
 /// One resource scope, `kind:name:action,action`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +27,7 @@ impl fmt::Display for Scope {
 }
 
 /// Space-separated scope list, as in the OAuth `scope` response field.
-pub fn format_scopes(scopes: &[Scope]) -> String {
+pub(crate) fn format_scopes(scopes: &[Scope]) -> String {
     scopes.iter().map(Scope::to_string).collect::<Vec<_>>().join(" ")
 }
 

@@ -7,8 +7,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::cache::ANONYMOUS_TOKEN_CACHE_ENTRIES;
 use super::jwt::{rfc3339_utc, sign_raw, JWT_HEADER_JSON};
 use super::key::write_new_private_file;
+use super::scope::{MAX_SCOPES, MAX_SCOPE_NAME_LEN};
 use super::*;
 
 /// The identity an access token verifies as.
