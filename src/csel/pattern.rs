@@ -6,15 +6,20 @@
 //! compiled. Java features that need backtracking (look-around,
 //! back-references, atomic groups, possessive quantifiers) are refused.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use regex::{Regex, RegexBuilder};
 
 /// Compiled size limit: a pattern that would need more is refused at load
 /// instead of costing memory on every request.
 const COMPILED_SIZE_LIMIT: usize = 4 << 20;
+/// Users whose compiled pattern is kept, least recently used dropped first.
+#[cfg(not(test))]
 const PER_USER_CACHE_LIMIT: usize = 4096;
+/// Small in unit tests, where compiling thousands of patterns would be slow.
+#[cfg(test)]
+const PER_USER_CACHE_LIMIT: usize = 64;
 
 /// Stands in for `${user}` while the pattern is rewritten (a private-use
 /// character: it cannot come from a path).
@@ -35,7 +40,8 @@ enum PatternKind {
     PerUser {
         /// The rewritten pattern, split where the user name goes.
         parts: Vec<String>,
-        cache: Mutex<HashMap<String, Arc<Regex>>>,
+        /// Grows as users come rather than reserving [`PER_USER_CACHE_LIMIT`] entries per pattern.
+        cache: Mutex<LruCache<String, Arc<Regex>>>,
     },
 }
 
@@ -102,7 +108,7 @@ impl Pattern {
             source: source.to_string(),
             kind: PatternKind::PerUser {
                 parts,
-                cache: Mutex::new(HashMap::new()),
+                cache: Mutex::new(LruCache::unbounded()),
             },
         })
     }
@@ -125,18 +131,23 @@ impl Pattern {
         }
     }
 
-    fn for_user(&self, parts: &[String], cache: &Mutex<HashMap<String, Arc<Regex>>>, user: &str) -> Option<Arc<Regex>> {
-        if let Ok(cache) = cache.lock() {
+    fn for_user(
+        &self,
+        parts: &[String],
+        cache: &Mutex<LruCache<String, Arc<Regex>>>,
+        user: &str,
+    ) -> Option<Arc<Regex>> {
+        if let Ok(mut cache) = cache.lock() {
             if let Some(regex) = cache.get(user) {
                 return Some(regex.clone());
             }
         }
         let regex = Arc::new(build(&parts.join(&regex::escape(user))).ok()?);
         if let Ok(mut cache) = cache.lock() {
-            if cache.len() >= PER_USER_CACHE_LIMIT {
-                cache.clear();
+            while cache.len() >= PER_USER_CACHE_LIMIT {
+                cache.pop_lru();
             }
-            cache.insert(user.to_string(), regex.clone());
+            cache.put(user.to_string(), regex.clone());
         }
         Some(regex)
     }
@@ -437,5 +448,24 @@ mod tests {
     fn huge_automaton_is_refused() {
         let err = Pattern::new("(((a{100}){100}){100})").unwrap_err();
         assert!(matches!(err, PatternError::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn the_per_user_cache_is_bounded_and_keeps_recent_users() {
+        let pattern = Pattern::new("/v2/${user}/.*").unwrap();
+        for n in 0..PER_USER_CACHE_LIMIT + 10 {
+            let user = format!("u{n}");
+            assert!(pattern.matches(&format!("/v2/{user}/x"), Some(&user)));
+            if n % 10 == 0 {
+                assert!(pattern.matches("/v2/u0/x", Some("u0")));
+            }
+        }
+        let PatternKind::PerUser { cache, .. } = &pattern.kind else {
+            panic!("not a per-user pattern");
+        };
+        let cache = cache.lock().unwrap();
+        assert_eq!(cache.len(), PER_USER_CACHE_LIMIT);
+        assert!(cache.contains("u0"), "a user in use stays");
+        assert!(!cache.contains("u1"), "the least recently used goes first");
     }
 }
