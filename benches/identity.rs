@@ -62,11 +62,21 @@ fn basic_cached(c: &mut Criterion) {
         &settings,
         &Identity::user("alice"),
         &scopes,
+        "",
         false,
         SystemTime::now(),
     );
     group.bench_function("bearer_verify", |b| {
-        b.iter(|| token::verify_access(&key, &settings, black_box(&issued.token), SystemTime::now()).is_ok())
+        b.iter(|| {
+            token::verify(
+                &key,
+                &settings,
+                token::TokenKind::Access,
+                black_box(&issued.token),
+                SystemTime::now(),
+            )
+            .is_ok()
+        })
     });
     group.finish();
 }

@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::ConfigError;
 use crate::config::ConfigFile;
 use crate::csel::{Expression, Facts};
 use crate::decision::{decide_and_answer, explain, AccessRequest, Answer, Credential, Explanation, GrantCheck};
-use crate::identity::Htpasswd;
-use crate::rules::{lint, LintOptions, Rules};
+use crate::diagnostic::Diagnostic;
+use crate::identity::{Htpasswd, HtpasswdError};
+use crate::rules::{lint, LintOptions, LoadError, Rules};
+use crate::service::StartError;
 
 #[derive(Parser)]
 #[command(
@@ -115,29 +118,28 @@ struct ServeSettings {
     log_format: String,
 }
 
-fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
+fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path).map_err(|e| format!("error: {e}"))?,
+        Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let rules = args
-        .rules
-        .or(file.rules.clone())
-        .ok_or("error: no rules file: give --rules FILE, or `rules = \"FILE\"` in the config file")?;
+    let rules = args.rules.or(file.rules.clone()).ok_or_else(|| {
+        Error::Settings("no rules file: give --rules FILE, or `rules = \"FILE\"` in the config file".into())
+    })?;
     let listen_text = args
         .listen
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:9000".into());
     let listen = listen_text
         .parse::<crate::service::Listen>()
-        .map_err(|e| format!("error: listen: {e}"))?;
+        .map_err(|e| Error::Settings(format!("listen: {e}")))?;
     let socket_mode = parse_octal(
         &args
             .socket_mode
             .or(file.socket_mode.clone())
             .unwrap_or_else(|| "660".into()),
     )
-    .map_err(|e| format!("error: socket_mode: {e}"))?;
+    .map_err(|e| Error::Settings(format!("socket_mode: {e}")))?;
     let file_token = file.token.clone().unwrap_or_default();
     let token = match args.token_realm.or(file.token.as_ref().map(|t| t.realm.clone())) {
         None => None,
@@ -175,7 +177,9 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
         .or(file.log.format.clone())
         .unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
-        return Err(format!("error: log format `{log_format}`: expected `text` or `json`"));
+        return Err(Error::Settings(format!(
+            "log format `{log_format}`: expected `text` or `json`"
+        )));
     }
     Ok(ServeSettings {
         config: crate::service::Config {
@@ -197,21 +201,12 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, String> {
     })
 }
 
-fn serve(args: ServeArgs) -> u8 {
-    let settings = match serve_settings(args) {
-        Ok(s) => s,
-        Err(message) => {
-            eprintln!("{message}");
-            return EXIT_ERROR;
-        }
-    };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&settings.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: log filter `{}`: {e}", settings.log);
-            return EXIT_ERROR;
-        }
-    };
+fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
+    let settings = serve_settings(args)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log).map_err(|source| Error::LogFilter {
+        filter: settings.log.clone(),
+        source,
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -221,7 +216,8 @@ fn serve(args: ServeArgs) -> u8 {
     } else {
         builder.init();
     }
-    crate::service::run(settings.config)
+    crate::service::run(settings.config)?;
+    Ok(Conclusion::Yes)
 }
 
 #[derive(Args)]
@@ -309,22 +305,100 @@ struct EvalArgs {
     user: Option<String>,
 }
 
-/// Exit statuses shared by `explain`, `eval` and `test`.
-const EXIT_YES: u8 = 0;
-const EXIT_NO: u8 = 1;
-const EXIT_ERROR: u8 = 2;
+/// What a command that ran to its end answers, as its exit status: `check` ok or not, a request
+/// allowed or not, every expected decision held or not, an expression true or false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conclusion {
+    Yes = 0,
+    No = 1,
+}
+
+impl Conclusion {
+    fn from(yes: bool) -> Conclusion {
+        if yes {
+            Conclusion::Yes
+        } else {
+            Conclusion::No
+        }
+    }
+}
+
+/// Why a command stopped before its answer. Printed once, by [`run`], which exits with
+/// [`Error::code`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// Flags or config file settings of `serve` that cannot work.
+    #[error("error: {0}")]
+    Settings(String),
+    #[error("error: log filter `{filter}`: {source}")]
+    LogFilter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("error: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Rules(#[from] LoadError),
+    #[error("error: {0}")]
+    Htpasswd(#[from] HtpasswdError),
+    #[error("error: no rules file: give one, or `rules = \"FILE\"` in the config file")]
+    NoRulesFile,
+    #[error("{0}")]
+    Expression(Box<Diagnostic>),
+    #[error("error: cannot read {path}: {source}")]
+    ReadDecisions {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    DecisionsLine { path: String, line: usize, message: String },
+    /// A problem `check` found in the files it checks: that is its answer, as `nginx -t`'s.
+    #[error(transparent)]
+    Checked(Box<Error>),
+}
+
+impl Error {
+    /// The exit status: 1 when the service could not start or `check` found a problem, 2 when a
+    /// command could not run at all (bad flags, a file missing or invalid).
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            Error::Start(error) => error.code(),
+            Error::Checked(_) => Conclusion::No as u8,
+            _ => 2,
+        }
+    }
+
+    fn expression(diagnostic: Diagnostic) -> Error {
+        Error::Expression(Box::new(diagnostic))
+    }
+
+    fn checked(error: impl Into<Error>) -> Error {
+        Error::Checked(Box::new(error.into()))
+    }
+}
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         end_quietly_on_closed_stdout();
     }
-    ExitCode::from(match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Check(args) => check(&args),
         Command::Explain(args) => explain_command(&args),
         Command::Test(args) => test_command(&args),
         Command::Eval(args) => eval(&args),
+    };
+    ExitCode::from(match result {
+        Ok(answer) => answer as u8,
+        Err(error) => {
+            eprintln!("{error}");
+            error.code()
+        }
     })
 }
 
@@ -339,54 +413,28 @@ fn end_quietly_on_closed_stdout() {
     }
 }
 
-fn load_rules(path: &Path) -> Result<Rules, u8> {
-    Rules::load(path).map_err(|e| {
-        eprintln!("{e}");
-        EXIT_ERROR
-    })
+fn load_htpasswd(path: Option<&Path>) -> Result<Option<Htpasswd>, HtpasswdError> {
+    path.map(Htpasswd::load).transpose()
 }
 
-fn load_htpasswd(path: Option<&Path>) -> Result<Option<Htpasswd>, u8> {
-    match path {
-        None => Ok(None),
-        Some(p) => Htpasswd::load(p).map(Some).map_err(|e| {
-            eprintln!("error: {e}");
-            EXIT_ERROR
-        }),
-    }
-}
-
-fn check(args: &CheckArgs) -> u8 {
+fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
     let file = match &args.config {
         None => ConfigFile::default(),
-        Some(path) => match ConfigFile::load(path) {
-            Ok(file) => {
-                println!("{}: ok", path.display());
-                file
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_NO;
-            }
-        },
-    };
-    let Some(rules_path) = args.rules.clone().or(file.rules.clone()) else {
-        eprintln!("error: no rules file: give one, or `rules = \"FILE\"` in the config file");
-        return EXIT_NO;
-    };
-    let htpasswd_path = args.htpasswd.clone().or(file.htpasswd.clone());
-    let token_mode = args.token_mode || file.token.is_some();
-    let rules = match Rules::load(&rules_path) {
-        Ok(rules) => rules,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_NO;
+        Some(path) => {
+            let file = ConfigFile::load(path).map_err(Error::checked)?;
+            println!("{}: ok", path.display());
+            file
         }
     };
-    let htpasswd = match load_htpasswd(htpasswd_path.as_deref()) {
-        Ok(h) => h,
-        Err(_) => return EXIT_NO,
-    };
+    let rules_path = args
+        .rules
+        .clone()
+        .or(file.rules.clone())
+        .ok_or_else(|| Error::checked(Error::NoRulesFile))?;
+    let htpasswd_path = args.htpasswd.clone().or(file.htpasswd.clone());
+    let token_mode = args.token_mode || file.token.is_some();
+    let rules = Rules::load(&rules_path).map_err(Error::checked)?;
+    let htpasswd = load_htpasswd(htpasswd_path.as_deref()).map_err(Error::checked)?;
     // A line that disables its user is an error here, though the service runs with the rest of
     // the file; the rules are still checked against the whole file.
     let disabled = htpasswd.as_ref().map_or(&[][..], |h| h.disabled());
@@ -402,7 +450,7 @@ fn check(args: &CheckArgs) -> u8 {
     };
     let warnings = lint(&rules, &options);
     for w in &warnings {
-        println!("{}: {w}", rules.source_name());
+        println!("{w}\n");
     }
     println!(
         "{}: ok: {} selectors, {} groups, {} grants, {} warnings",
@@ -420,20 +468,14 @@ fn check(args: &CheckArgs) -> u8 {
             if disabled.len() == 1 { "" } else { "s" },
             disabled.iter().map(|d| d.user.as_str()).collect::<Vec<_>>().join(", ")
         );
-        return EXIT_NO;
+        return Ok(Conclusion::No);
     }
-    EXIT_YES
+    Ok(Conclusion::Yes)
 }
 
-fn explain_command(args: &ExplainArgs) -> u8 {
-    let rules = match load_rules(&args.rules) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let htpasswd = match load_htpasswd(args.htpasswd.as_deref()) {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
+fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
+    let rules = Rules::load(&args.rules)?;
+    let htpasswd = load_htpasswd(args.htpasswd.as_deref())?;
     let user = args.user.as_deref().filter(|u| *u != "anonymous");
     if let (Some(h), Some(u)) = (&htpasswd, user) {
         if h.is_disabled(u) {
@@ -451,11 +493,7 @@ fn explain_command(args: &ExplainArgs) -> u8 {
     let credential = args.token.credential(user);
     let explanation = explain(&rules, user, credential, args.token.token_mode, &request);
     print_explanation(&explanation, &args.method);
-    if explanation.answer == Answer::Allow {
-        EXIT_YES
-    } else {
-        EXIT_NO
-    }
+    Ok(Conclusion::from(explanation.answer == Answer::Allow))
 }
 
 fn print_explanation(e: &Explanation, method: &str) {
@@ -516,19 +554,13 @@ fn why_not(g: &GrantCheck) -> Vec<String> {
     out
 }
 
-fn test_command(args: &TestArgs) -> u8 {
-    let rules = match load_rules(&args.rules) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+fn test_command(args: &TestArgs) -> Result<Conclusion, Error> {
+    let rules = Rules::load(&args.rules)?;
     let shown = args.decisions.display().to_string();
-    let text = match std::fs::read_to_string(&args.decisions) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {shown}: {e}");
-            return EXIT_ERROR;
-        }
-    };
+    let text = std::fs::read_to_string(&args.decisions).map_err(|source| Error::ReadDecisions {
+        path: shown.clone(),
+        source,
+    })?;
     let (mut held, mut wrong) = (0usize, 0usize);
     for (number, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -537,11 +569,11 @@ fn test_command(args: &TestArgs) -> u8 {
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [expected, user, method, path] = fields[..] else {
-            eprintln!(
-                "{shown}:{}: expected `allow|deny USER METHOD PATH`, found `{line}`",
-                number + 1
-            );
-            return EXIT_ERROR;
+            return Err(Error::DecisionsLine {
+                path: shown,
+                line: number + 1,
+                message: format!("expected `allow|deny USER METHOD PATH`, found `{line}`"),
+            });
         };
         let user = Some(user).filter(|u| *u != "anonymous" && *u != "-");
         let request = AccessRequest {
@@ -562,11 +594,11 @@ fn test_command(args: &TestArgs) -> u8 {
                 (got == expected, got)
             }
             other => {
-                eprintln!(
-                    "{shown}:{}: expected `allow`, `deny` or a status (200, 401, 403), found `{other}`",
-                    number + 1
-                );
-                return EXIT_ERROR;
+                return Err(Error::DecisionsLine {
+                    path: shown,
+                    line: number + 1,
+                    message: format!("expected `allow`, `deny` or a status (200, 401, 403), found `{other}`"),
+                });
             }
         };
         if held_here {
@@ -584,21 +616,11 @@ fn test_command(args: &TestArgs) -> u8 {
         "{shown}: {} decisions checked: {held} held, {wrong} wrong",
         held + wrong
     );
-    if wrong == 0 {
-        EXIT_YES
-    } else {
-        EXIT_NO
-    }
+    Ok(Conclusion::from(wrong == 0))
 }
 
-fn eval(args: &EvalArgs) -> u8 {
-    let expression = match Expression::parse(&args.expression) {
-        Ok(e) => e,
-        Err(d) => {
-            eprintln!("{d}");
-            return EXIT_ERROR;
-        }
-    };
+fn eval(args: &EvalArgs) -> Result<Conclusion, Error> {
+    let expression = Expression::parse(&args.expression).map_err(Error::expression)?;
     let facts = Facts {
         format: &args.format,
         path: &args.path,
@@ -607,9 +629,5 @@ fn eval(args: &EvalArgs) -> u8 {
     };
     let matched = expression.matches(&facts);
     println!("{matched}");
-    if matched {
-        EXIT_YES
-    } else {
-        EXIT_NO
-    }
+    Ok(Conclusion::from(matched))
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::csel::{Expr, Facts};
-use crate::request::{canonicalize, DockerRoute};
+use crate::request::{canonicalize, DockerRoute, Rejection};
 use crate::rules::{Action, Grant, Rules, Target};
 
 /// The original request, as nginx describes it.
@@ -44,7 +44,7 @@ pub enum Reason {
     /// No grant for this subject allows this action on this path.
     NoGrant,
     /// The path failed canonicalization.
-    BadPath(String),
+    BadPath(Rejection),
     /// A method that maps to no action.
     UnknownMethod(String),
     /// A blob-upload POST with a Content-Type other than none or
@@ -52,7 +52,7 @@ pub enum Reason {
     /// body csel-auth never sees.
     FormBodyUpload,
     /// Duplicate or malformed mount parameters.
-    BadMount(String),
+    BadMount(Rejection),
     /// A cross-repository mount from a repository the subject cannot read.
     MountSourceDenied { from: String },
 }
@@ -78,7 +78,7 @@ impl fmt::Display for Reason {
 impl Reason {
     /// A request that no login makes right (a refused path, method, mount or
     /// upload body): 403 for everyone, anonymous included.
-    pub fn is_malformed(&self) -> bool {
+    pub(crate) fn is_malformed(&self) -> bool {
         matches!(
             self,
             Reason::BadPath(_) | Reason::UnknownMethod(_) | Reason::BadMount(_) | Reason::FormBodyUpload
@@ -136,7 +136,7 @@ impl fmt::Display for Answer {
 
 /// The one mapping from a decision to 200 / 401 / 403, for the service, `explain`, `test` and
 /// the tests. `token_mode`: the service runs with `--token-realm`.
-pub fn answer(decision: &Decision, credential: Credential, token_mode: bool) -> Answer {
+pub(crate) fn answer(decision: &Decision, credential: Credential, token_mode: bool) -> Answer {
     // Docker sends credentials only after a challenge: in token mode every
     // request without them gets one, whatever the rules say.
     if token_mode && credential == Credential::None {
@@ -187,7 +187,7 @@ fn deny(reason: Reason) -> Decision {
 pub fn decide(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Decision {
     let target = match canonicalize(request.uri, request.format) {
         Ok(target) => target,
-        Err(rejection) => return deny(Reason::BadPath(rejection.reason)),
+        Err(rejection) => return deny(Reason::BadPath(rejection)),
     };
     let Some(action) = Action::from_method(request.method) else {
         return deny(Reason::UnknownMethod(request.method.chars().take(32).collect()));
@@ -241,7 +241,7 @@ fn docker_refusal(
         return Some(Reason::FormBodyUpload);
     }
     match target.mount() {
-        Err(rejection) => Some(Reason::BadMount(rejection.reason)),
+        Err(rejection) => Some(Reason::BadMount(rejection)),
         Ok(None) => None,
         Ok(Some(mount)) => {
             let source = mount.source_blob_path();
@@ -277,7 +277,7 @@ fn is_upload_content_type(content_type: Option<&str>) -> bool {
 
 /// Why one grant did or did not match, for `explain`.
 #[derive(Debug, Clone)]
-pub struct GrantCheck {
+pub(crate) struct GrantCheck {
     pub line: usize,
     pub grant: String,
     pub subject_ok: bool,
@@ -288,7 +288,7 @@ pub struct GrantCheck {
 }
 
 impl GrantCheck {
-    pub fn matched(&self) -> bool {
+    pub(crate) fn matched(&self) -> bool {
         self.subject_ok && self.action_ok && self.targets.iter().any(|t| t.matched)
     }
 
@@ -299,7 +299,7 @@ impl GrantCheck {
 }
 
 #[derive(Debug, Clone)]
-pub struct TargetCheck {
+pub(crate) struct TargetCheck {
     pub text: String,
     pub matched: bool,
     pub comparisons: Vec<(String, bool)>,
@@ -307,7 +307,7 @@ pub struct TargetCheck {
 
 /// A decision with the work shown.
 #[derive(Debug, Clone)]
-pub struct Explanation {
+pub(crate) struct Explanation {
     pub decision: Decision,
     /// What the service would answer.
     pub answer: Answer,
@@ -324,7 +324,7 @@ const CLOSEST_SHOWN: usize = 5;
 
 /// Decides and answers like [`decide_and_answer`] and records why every grant did or did not
 /// match.
-pub fn explain(
+pub(crate) fn explain(
     rules: &Rules,
     user: Option<&str>,
     credential: Credential,

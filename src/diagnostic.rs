@@ -1,11 +1,30 @@
-//! Errors that point into a source text: `file:line:column`, the line, a caret
-//! under the problem, and what was expected.
+//! Errors and warnings that point into a source text: `file:line:column`, the
+//! line, a caret under the problem, and what was expected.
 
 use std::fmt;
+
+/// How bad a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The source cannot be used.
+    Error,
+    /// The source loads but is probably not what was meant.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
 
 /// A problem found in a source text (a rules file or a lone expression).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     /// File name as the user gave it; `<expression>` for a lone expression.
     pub file: String,
     /// 1-based line and column (column counted in characters).
@@ -17,12 +36,12 @@ pub struct Diagnostic {
     pub width: usize,
     pub message: String,
     /// An extra hint (`did you mean …`, the list of valid words).
-    pub help: Option<String>,
+    pub help: Option<Box<str>>,
 }
 
 impl Diagnostic {
-    /// A diagnostic for the byte range `start..end` of `source`.
-    pub fn at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
+    /// An error for the byte range `start..end` of `source`.
+    pub(crate) fn at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
         let start = floor_char_boundary(source, start.min(source.len()));
         let end = floor_char_boundary(source, end.clamp(start, source.len()));
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -31,6 +50,7 @@ impl Diagnostic {
         let column = source[line_start..start].chars().count() + 1;
         let width = source[start..end.min(line_end).max(start)].chars().count().max(1);
         Diagnostic {
+            severity: Severity::Error,
             file: file.to_string(),
             line,
             column,
@@ -41,8 +61,16 @@ impl Diagnostic {
         }
     }
 
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+    /// A warning for the byte range `start..end` of `source`.
+    pub(crate) fn warning_at(file: &str, source: &str, start: usize, end: usize, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::at(file, source, start, end, message)
+        }
+    }
+
+    pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into().into_boxed_str());
         self
     }
 }
@@ -62,7 +90,7 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let number = self.line.to_string();
         let pad = " ".repeat(number.len());
-        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "{}: {}", self.severity, self.message)?;
         writeln!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.column)?;
         writeln!(f, "{pad} |")?;
         // A window of the line around the column, marked with `…` where cut.
@@ -127,7 +155,7 @@ impl From<Diagnostic> for Diagnostics {
 
 /// The closest of `candidates` to `word`, if it is close enough to be a
 /// likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))
@@ -176,6 +204,17 @@ mod tests {
         let caret = lines[4].chars().position(|c| c == '^').unwrap();
         let shown_line: String = lines[3].chars().skip(caret).collect();
         assert!(shown_line.starts_with("pth"), "{shown}");
+    }
+
+    #[test]
+    fn warnings_are_shown_as_errors_are() {
+        let src = "selector team = path =^ \"/v2/team\"\n";
+        let d = Diagnostic::warning_at("r.rules", src, 9, 13, "end a path prefix with `/`").with_help("add `/`");
+        assert_eq!(d.severity, Severity::Warning);
+        assert_eq!(
+            d.to_string(),
+            "warning: end a path prefix with `/`\n --> r.rules:1:10\n  |\n1 | selector team = path =^ \"/v2/team\"\n  |          ^^^^\n  = help: add `/`"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::identity::throttle::{LimitKind, LoginThrottle};
 use crate::identity::{Overload, Verifier};
-use crate::throttle::{LimitKind, LoginThrottle};
 
 /// Upper bounds (seconds) of the decision latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -14,7 +14,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Allowed,
     /// Denied for an anonymous subject or bad credentials: 401.
     Unauthorized,
@@ -43,13 +43,13 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Watched {
+pub(crate) enum Watched {
     Rules,
     Htpasswd,
 }
 
 impl Watched {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Watched::Rules => "rules",
             Watched::Htpasswd => "htpasswd",
@@ -58,7 +58,7 @@ impl Watched {
 }
 
 #[derive(Default)]
-pub struct FileMetrics {
+pub(crate) struct FileMetrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// 1 while the file on disk is not the version in force (it failed to load).
@@ -72,7 +72,7 @@ pub struct FileMetrics {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     decisions: [AtomicU64; 4],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -86,14 +86,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn file(&self, which: Watched) -> &FileMetrics {
+    pub(crate) fn file(&self, which: Watched) -> &FileMetrics {
         match which {
             Watched::Rules => &self.rules,
             Watched::Htpasswd => &self.htpasswd,
         }
     }
 
-    pub fn record_decision(&self, outcome: Outcome, elapsed: Duration) {
+    pub(crate) fn record_decision(&self, outcome: Outcome, elapsed: Duration) {
         self.decisions[outcome as usize].fetch_add(1, Ordering::Relaxed);
         // One atomic per decision, not one per bucket above the latency: both worker threads
         // write these, and every shared write moves the cache line. `render` adds them up.
@@ -107,19 +107,19 @@ impl Metrics {
     }
 
     /// A failed login answered after `delay` (the throttle).
-    pub fn record_throttled_login(&self, delay: Duration) {
+    pub(crate) fn record_throttled_login(&self, delay: Duration) {
         self.throttled_logins.fetch_add(1, Ordering::Relaxed);
         self.throttle_delay_micros
             .fetch_add(delay.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
-    pub fn decisions(&self, outcome: Outcome) -> u64 {
+    pub(crate) fn decisions(&self, outcome: Outcome) -> u64 {
         self.decisions[outcome as usize].load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition. `extra` adds the series owned by
     /// other parts (bcrypt counters).
-    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+    pub(crate) fn render(&self, extra: &[(&str, &str, u64)]) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -260,14 +260,14 @@ impl Metrics {
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
 
 /// Writes one family in the Prometheus text format: `csel_auth_<name>`, with one sample per
 /// `(labels, value)`; `labels` is empty or `key="value"` pairs.
-pub fn write_family(out: &mut String, name: &str, help: &str, kind: Kind, samples: &[(&str, u64)]) {
+pub(crate) fn write_family(out: &mut String, name: &str, help: &str, kind: Kind, samples: &[(&str, u64)]) {
     let kind = match kind {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",
@@ -285,7 +285,7 @@ pub fn write_family(out: &mut String, name: &str, help: &str, kind: Kind, sample
 
 /// The series of logins: the bcrypt queue, the failed-login throttle, and the users the htpasswd
 /// file in force disables.
-pub fn render_logins(verifier: &Verifier, throttle: &LoginThrottle, disabled_users: usize) -> String {
+pub(crate) fn render_logins(verifier: &Verifier, throttle: &LoginThrottle, disabled_users: usize) -> String {
     let mut out = String::new();
     let gauges = [
         (

@@ -29,9 +29,9 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use crate::identity::Htpasswd;
+use crate::identity::{Htpasswd, HtpasswdError};
 use crate::metrics::{Metrics, Watched};
-use crate::rules::Rules;
+use crate::rules::{LoadError, Rules};
 
 /// How long a file's content must stay the same before it is parsed.
 const SETTLE: Duration = Duration::from_millis(15);
@@ -42,14 +42,14 @@ const SETTLE_ATTEMPTS: usize = 20;
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How long a writer may keep a watched file open before the wait is logged.
 /// Writers normally close within milliseconds; the wait goes on regardless.
-pub const WRITER_WARNING: Duration = Duration::from_secs(5);
+pub(crate) const WRITER_WARNING: Duration = Duration::from_secs(5);
 /// Longest wait for a pause in a stream of events before checking anyway.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(100);
 
 type Fingerprint = [u8; 32];
 
 /// The rules and users in force, and where they come from.
-pub struct Store {
+pub(crate) struct Store {
     rules: ArcSwap<Rules>,
     htpasswd: ArcSwap<Htpasswd>,
     rules_path: PathBuf,
@@ -103,7 +103,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 /// What a file holds now, for comparing with what is loaded.
 fn fingerprint_of(path: &Path) -> Option<Seen> {
     let stamp = stamp(path);
-    let bytes = crate::rules::read_bounded(path, crate::rules::MAX_RULES_BYTES).ok()?;
+    let bytes = crate::files::read_bounded(path, crate::rules::MAX_RULES_BYTES).ok()?;
     Some(Seen {
         stamp,
         fingerprint: Sha256::digest(&bytes).into(),
@@ -114,14 +114,46 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Why the files could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error(transparent)]
+    Rules(#[from] LoadError),
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
+}
+
+/// Why watching the files could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WatchError {
+    #[error("cannot start the file watcher: {0}")]
+    Watcher(#[source] notify::Error),
+    #[error("cannot watch {}: {source}", directory.display())]
+    Directory {
+        directory: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the {what}: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Store {
     /// Loads both files; any error stops the start-up.
-    pub fn open(rules_path: &Path, htpasswd_path: Option<&Path>, metrics: Arc<Metrics>) -> Result<Store, String> {
+    pub(crate) fn open(
+        rules_path: &Path,
+        htpasswd_path: Option<&Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, OpenError> {
         let rules_before = fingerprint_of(rules_path);
         let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
-        let rules = Rules::load(rules_path).map_err(|e| e.to_string())?;
+        let rules = Rules::load(rules_path)?;
         let htpasswd = match htpasswd_path {
-            Some(p) => Htpasswd::load(p).map_err(|e| e.to_string())?,
+            Some(p) => Htpasswd::load(p)?,
             None => Htpasswd::empty(),
         };
         for which in [Watched::Rules, Watched::Htpasswd] {
@@ -154,11 +186,11 @@ impl Store {
         Ok(store)
     }
 
-    pub fn rules(&self) -> Arc<Rules> {
+    pub(crate) fn rules(&self) -> Arc<Rules> {
         self.rules.load_full()
     }
 
-    pub fn htpasswd(&self) -> Arc<Htpasswd> {
+    pub(crate) fn htpasswd(&self) -> Arc<Htpasswd> {
         self.htpasswd.load_full()
     }
 
@@ -182,7 +214,7 @@ impl Store {
     /// Reloads whichever file changed. `Check::Forced` reparses even
     /// unchanged files (SIGHUP). A file open for writing is left alone: its
     /// writer's close brings the next check.
-    pub fn check(&self, how: Check) {
+    pub(crate) fn check(&self, how: Check) {
         let _one_at_a_time = self.checking.lock();
         let to_read: Vec<(Watched, &Path)> = [Watched::Rules, Watched::Htpasswd]
             .into_iter()
@@ -345,7 +377,7 @@ fn sync_watches(
     watcher: &mut impl Watcher,
     watched: &mut BTreeSet<PathBuf>,
     wanted: &BTreeSet<PathBuf>,
-) -> Vec<String> {
+) -> Vec<WatchError> {
     for gone in watched.difference(wanted).cloned().collect::<Vec<_>>() {
         // The directory may be deleted already (Kubernetes removes the old
         // data directory): nothing to undo then.
@@ -358,14 +390,14 @@ fn sync_watches(
             Ok(()) => {
                 watched.insert(directory);
             }
-            Err(e) => failures.push(format!("cannot watch {}: {e}", directory.display())),
+            Err(source) => failures.push(WatchError::Directory { directory, source }),
         }
     }
     failures
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     /// Something changed in a watched directory: read the files.
     Event,
     /// The timer: read only files whose size, time or inode changed.
@@ -381,9 +413,9 @@ type Settled = (Vec<u8>, Option<FileStamp>);
 /// says why it cannot be read.
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     let limit = crate::rules::MAX_RULES_BYTES;
-    crate::rules::read_bounded(path, limit).map_err(|e| match e {
-        crate::rules::ReadError::Io(e) => e.to_string(),
-        crate::rules::ReadError::TooLarge(size) => format!("it is {size} bytes; the limit is {limit} bytes"),
+    crate::files::read_bounded(path, limit).map_err(|e| match e {
+        crate::files::ReadError::Io(e) => e.to_string(),
+        crate::files::ReadError::TooLarge(size) => format!("it is {size} bytes; the limit is {limit} bytes"),
     })
 }
 
@@ -569,7 +601,7 @@ impl Store {
 
 /// Starts the watcher and the periodic check on their own threads. They run
 /// until the process ends.
-pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
+pub(crate) fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchError> {
     let (sender, receiver) = std::sync::mpsc::channel::<()>();
     let noted = Arc::clone(&store);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -577,7 +609,7 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
             let _ = sender.send(());
         }
     })
-    .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+    .map_err(WatchError::Watcher)?;
     let mut watched = BTreeSet::new();
     if let Some(failure) = sync_watches(&mut watcher, &mut watched, &store.watched_directories()).pop() {
         return Err(failure);
@@ -605,19 +637,25 @@ pub fn start(store: Arc<Store>, period: Duration) -> Result<(), String> {
                 checker.check(Check::Event);
             }
         })
-        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+        .map_err(|source| WatchError::Thread {
+            what: "reload thread",
+            source,
+        })?;
     std::thread::Builder::new()
         .name("reload-periodic".into())
         .spawn(move || loop {
             std::thread::sleep(period);
             store.check(Check::Periodic);
         })
-        .map_err(|e| format!("cannot start the periodic check: {e}"))?;
+        .map_err(|source| WatchError::Thread {
+            what: "periodic check",
+            source,
+        })?;
     Ok(())
 }
 
 /// SIGHUP: reparse both files, off the async threads.
-pub fn reload_now(store: &Arc<Store>) {
+pub(crate) fn reload_now(store: &Arc<Store>) {
     let store = Arc::clone(store);
     std::thread::spawn(move || store.check(Check::Forced));
 }

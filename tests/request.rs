@@ -116,7 +116,7 @@ fn check_case(line: &str) -> Result<(), String> {
         ("reject", Ok(target)) => Err(format!("accepted: {target:?}")),
         ("reject", Err(rejection)) => {
             let wanted = rest.collect::<Vec<_>>().join(" ");
-            if rejection.reason.contains(&wanted) {
+            if rejection.to_string().contains(&wanted) {
                 Ok(())
             } else {
                 Err(format!(

@@ -395,7 +395,7 @@ fn craft(key: &TokenKey, user: Option<&str>, now: SystemTime) -> String {
     let binding = user
         .and_then(|user| htpasswd.entry_fingerprint(user))
         .unwrap_or_default();
-    token::issue_bound(
+    token::issue(
         key,
         &test_settings(),
         &identity,
@@ -441,6 +441,7 @@ fn invalid_tokens_are_refused_with_invalid_token() {
         },
         &Identity::user("alice"),
         &[],
+        "",
         false,
         now,
     )
@@ -466,6 +467,7 @@ fn invalid_tokens_are_refused_with_invalid_token() {
         &test_settings(),
         &Identity::user("alice"),
         &coolteam_access(),
+        "",
         false,
         now,
     )
@@ -789,7 +791,7 @@ fn anonymous_tokens_do_not_evict_a_users_cached_token() {
     let key = TokenKey::load_or_create(&key_path).unwrap();
     let now = SystemTime::now();
     for n in 0..20_000 {
-        let anonymous = token::issue(&key, &test_settings(), &Identity::anonymous(), &[], false, now).token;
+        let anonymous = token::issue(&key, &test_settings(), &Identity::anonymous(), &[], "", false, now).token;
         let response = auth(&anonymous);
         assert_eq!(response.status, 200, "anonymous token {n}: {}", response.text());
     }

@@ -11,7 +11,7 @@ use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::grammar::Rule;
 
 /// Deeper nesting is refused before parsing: the parser recurses per level.
-pub const MAX_NESTING: usize = 64;
+pub(crate) const MAX_NESTING: usize = 64;
 
 /// Where the text being built comes from, for error messages.
 ///
@@ -27,7 +27,7 @@ pub(crate) struct BuildContext<'s> {
 
 impl<'s> BuildContext<'s> {
     /// For text parsed whole.
-    pub fn whole(file: &'s str, source: &'s str) -> Self {
+    pub(crate) fn whole(file: &'s str, source: &'s str) -> Self {
         BuildContext {
             file,
             source,
@@ -36,7 +36,7 @@ impl<'s> BuildContext<'s> {
         }
     }
 
-    pub fn error_at(&self, pair: &Pair<Rule>, message: impl Into<String>) -> Diagnostic {
+    pub(crate) fn error_at(&self, pair: &Pair<Rule>, message: impl Into<String>) -> Diagnostic {
         let span = pair.as_span();
         Diagnostic::at(
             self.file,
@@ -48,7 +48,7 @@ impl<'s> BuildContext<'s> {
     }
 
     /// 1-based line and column (in characters) of the pair's start in `source`.
-    pub fn line_col(&self, pair: &Pair<Rule>) -> (usize, usize) {
+    pub(crate) fn line_col(&self, pair: &Pair<Rule>) -> (usize, usize) {
         match pair.line_col() {
             (1, column) => (self.origin.0, self.origin.1 + column - 1),
             (line, column) => (self.origin.0 + line - 1, column),
@@ -56,7 +56,7 @@ impl<'s> BuildContext<'s> {
     }
 
     /// Turns pest's error into "expected X after `Y`".
-    pub fn syntax_error(&self, error: pest::error::Error<Rule>) -> Diagnostic {
+    pub(crate) fn syntax_error(&self, error: pest::error::Error<Rule>) -> Diagnostic {
         let position = self.offset
             + match error.location {
                 InputLocation::Pos(p) => p,
@@ -243,7 +243,7 @@ fn build_comparison(ctx: &BuildContext, pair: Pair<Rule>) -> Result<Expr, Diagno
                 "the right side of `=~` must be a string (the pattern is compiled once, at load)",
             ));
         };
-        let compiled = Pattern::new(regex).map_err(|why| ctx.error_at(&right, why))?;
+        let compiled = Pattern::new(regex).map_err(|why| ctx.error_at(&right, why.to_string()))?;
         Some(Arc::new(compiled))
     } else {
         None

@@ -10,9 +10,8 @@ mod print;
 
 use std::sync::Arc;
 
-pub use build::MAX_NESTING;
 pub(crate) use build::{build_expression, check_nesting, unescape as unescape_literal, BuildContext};
-pub use pattern::Pattern;
+pub use pattern::{Pattern, PatternError};
 
 use crate::diagnostic::Diagnostic;
 use crate::grammar::{Grammar, Rule};
@@ -30,7 +29,7 @@ pub struct Facts<'a> {
 }
 
 /// What the variable `user` holds for anonymous requests.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variable {
@@ -41,9 +40,9 @@ pub enum Variable {
 }
 
 impl Variable {
-    pub const NAMES: [&'static str; 4] = ["format", "path", "method", "user"];
+    pub(crate) const NAMES: [&'static str; 4] = ["format", "path", "method", "user"];
 
-    pub fn from_name(name: &str) -> Option<Variable> {
+    pub(crate) fn from_name(name: &str) -> Option<Variable> {
         Some(match name {
             "format" => Variable::Format,
             "path" => Variable::Path,
@@ -85,7 +84,7 @@ pub enum CompareOp {
 }
 
 impl CompareOp {
-    pub fn symbol(self) -> &'static str {
+    pub(crate) fn symbol(self) -> &'static str {
         match self {
             CompareOp::Equals => "==",
             CompareOp::NotEquals => "!=",
@@ -271,7 +270,7 @@ impl Expr {
     }
 
     /// Every comparison, in source order.
-    pub fn comparisons(&self) -> Vec<&Comparison> {
+    pub(crate) fn comparisons(&self) -> Vec<&Comparison> {
         let mut out = Vec::new();
         self.collect_comparisons(&mut out);
         out
@@ -305,7 +304,7 @@ impl Expression {
     }
 
     /// As [`Expression::parse`], naming the source in errors.
-    pub fn parse_named(source_name: &str, text: &str) -> Result<Expression, Diagnostic> {
+    pub(crate) fn parse_named(source_name: &str, text: &str) -> Result<Expression, Diagnostic> {
         check_nesting(source_name, text, false)?;
         let ctx = BuildContext::whole(source_name, text);
         let mut pairs = Grammar::parse(Rule::expression, text).map_err(|e| ctx.syntax_error(e))?;
@@ -335,14 +334,8 @@ impl Expression {
     /// followed by a letter, digit or `_`. A comparison under an odd number of `not` (`!=`
     /// counts as one) names nothing: `path != "/v2/_catalogue"` and `not (path == NAME)` select
     /// everything else. Look-alikes (`=^ "/v2/_cat"`, `=~ "/v2/_catalogue|.*"`) name nothing.
-    pub fn names_path(&self, name: &str) -> bool {
+    pub(crate) fn names_path(&self, name: &str) -> bool {
         self.root.names_path(name, true)
-    }
-
-    /// Whether the expression contains `${user}` (and so never matches
-    /// anonymous requests).
-    pub fn uses_user_template(&self) -> bool {
-        self.uses_user
     }
 }
 

@@ -6,15 +6,20 @@
 //! compiled. Java features that need backtracking (look-around,
 //! back-references, atomic groups, possessive quantifiers) are refused.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use regex::{Regex, RegexBuilder};
 
 /// Compiled size limit: a pattern that would need more is refused at load
 /// instead of costing memory on every request.
 const COMPILED_SIZE_LIMIT: usize = 4 << 20;
+/// Users whose compiled pattern is kept, least recently used dropped first.
+#[cfg(not(test))]
 const PER_USER_CACHE_LIMIT: usize = 4096;
+/// Small in unit tests, where compiling thousands of patterns would be slow.
+#[cfg(test)]
+const PER_USER_CACHE_LIMIT: usize = 64;
 
 /// Stands in for `${user}` while the pattern is rewritten (a private-use
 /// character: it cannot come from a path).
@@ -35,7 +40,8 @@ enum PatternKind {
     PerUser {
         /// The rewritten pattern, split where the user name goes.
         parts: Vec<String>,
-        cache: Mutex<HashMap<String, Arc<Regex>>>,
+        /// Grows as users come rather than reserving [`PER_USER_CACHE_LIMIT`] entries per pattern.
+        cache: Mutex<LruCache<String, Arc<Regex>>>,
     },
 }
 
@@ -46,11 +52,39 @@ impl PartialEq for Pattern {
 }
 impl Eq for Pattern {}
 
+/// Why a pattern was refused. `Display` explains it to the person who wrote the rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("the pattern contains the reserved character U+E000")]
+    ReservedCharacter,
+    #[error("look-around is a Java-only feature: csel-auth matches in linear time and does not support it")]
+    LookAround,
+    #[error("back-references are a Java-only feature: csel-auth matches in linear time and does not support them")]
+    BackReference,
+    #[error("possessive quantifiers (`*+`, `++`, `?+`) are a Java-only feature: csel-auth does not support them")]
+    PossessiveQuantifier,
+    #[error("atomic groups `(?>…)` are a Java-only feature: csel-auth does not support them")]
+    AtomicGroup,
+    #[error("`\\G` is a Java-only feature: csel-auth does not support it")]
+    PreviousMatchAnchor,
+    /// Not a regular expression at all; the text says where and why.
+    #[error("invalid regular expression: {0}")]
+    Syntax(String),
+    #[error("the pattern is too large once compiled (over {0} bytes): simplify it")]
+    TooLarge(usize),
+    /// The pattern only fails once a user name is put in for `${user}`.
+    #[error("with ${{user}} = `{probe}`: {source}")]
+    WithUser {
+        probe: &'static str,
+        source: Box<PatternError>,
+    },
+}
+
 impl Pattern {
     /// Compiles a Java-syntax pattern. The error explains what is wrong.
-    pub fn new(source: &str) -> Result<Pattern, String> {
+    pub fn new(source: &str) -> Result<Pattern, PatternError> {
         if source.contains(USER_SLOT) {
-            return Err("the pattern contains the reserved character U+E000".into());
+            return Err(PatternError::ReservedCharacter);
         }
         let slotted = source.replace(USER_TEMPLATE, &USER_SLOT.to_string());
         let rewritten = rewrite_java(&slotted)?;
@@ -65,13 +99,16 @@ impl Pattern {
         // The user name is inserted as an escaped literal, so its content
         // cannot change the pattern's structure; two shapes of name check it.
         for probe in ["x", "Az09._@-"] {
-            build(&parts.join(&regex::escape(probe))).map_err(|e| format!("with ${{user}} = `{probe}`: {e}"))?;
+            build(&parts.join(&regex::escape(probe))).map_err(|error| PatternError::WithUser {
+                probe,
+                source: Box::new(error),
+            })?;
         }
         Ok(Pattern {
             source: source.to_string(),
             kind: PatternKind::PerUser {
                 parts,
-                cache: Mutex::new(HashMap::new()),
+                cache: Mutex::new(LruCache::unbounded()),
             },
         })
     }
@@ -94,38 +131,41 @@ impl Pattern {
         }
     }
 
-    fn for_user(&self, parts: &[String], cache: &Mutex<HashMap<String, Arc<Regex>>>, user: &str) -> Option<Arc<Regex>> {
-        if let Ok(cache) = cache.lock() {
+    fn for_user(
+        &self,
+        parts: &[String],
+        cache: &Mutex<LruCache<String, Arc<Regex>>>,
+        user: &str,
+    ) -> Option<Arc<Regex>> {
+        if let Ok(mut cache) = cache.lock() {
             if let Some(regex) = cache.get(user) {
                 return Some(regex.clone());
             }
         }
         let regex = Arc::new(build(&parts.join(&regex::escape(user))).ok()?);
         if let Ok(mut cache) = cache.lock() {
-            if cache.len() >= PER_USER_CACHE_LIMIT {
-                cache.clear();
+            while cache.len() >= PER_USER_CACHE_LIMIT {
+                cache.pop_lru();
             }
-            cache.insert(user.to_string(), regex.clone());
+            cache.put(user.to_string(), regex.clone());
         }
         Some(regex)
     }
 }
 
-fn build(rewritten: &str) -> Result<Regex, String> {
+fn build(rewritten: &str) -> Result<Regex, PatternError> {
     RegexBuilder::new(&format!(r"\A(?:{rewritten})\z"))
         .size_limit(COMPILED_SIZE_LIMIT)
         .build()
         .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
-                format!("the pattern is too large once compiled (over {limit} bytes): simplify it")
-            }
-            other => syntax_message(&other.to_string()),
+            regex::Error::CompiledTooBig(limit) => PatternError::TooLarge(limit),
+            other => syntax_error(&other.to_string()),
         })
 }
 
 /// Keeps the last line of the regex crate's message: the first lines repeat
 /// the (rewritten) pattern, which would confuse more than help.
-fn syntax_message(full: &str) -> String {
+fn syntax_error(full: &str) -> PatternError {
     let reason = full
         .lines()
         .rev()
@@ -133,11 +173,11 @@ fn syntax_message(full: &str) -> String {
         .unwrap_or(full);
     let reason = reason.trim().trim_start_matches("error:").trim();
     if reason.contains("look-around") {
-        "look-around is a Java-only feature: csel-auth matches in linear time and does not support it".into()
+        PatternError::LookAround
     } else if reason.contains("backreference") {
-        "back-references are a Java-only feature: csel-auth matches in linear time and does not support them".into()
+        PatternError::BackReference
     } else {
-        format!("invalid regular expression: {reason}")
+        PatternError::Syntax(reason.to_string())
     }
 }
 
@@ -203,7 +243,7 @@ fn posix_class(name: &str) -> Option<&'static str> {
     })
 }
 
-fn rewrite_java(pattern: &str) -> Result<String, String> {
+fn rewrite_java(pattern: &str) -> Result<String, PatternError> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len() + 16);
     let mut class_depth = 0usize;
@@ -218,9 +258,7 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
             if matches!(c, '*' | '+' | '?') || counted {
                 match (quantified, c) {
                     (Quantified::Yes, '?') => quantified = Quantified::Lazy,
-                    (Quantified::Yes, '+') => {
-                        return Err("possessive quantifiers (`*+`, `++`, `?+`) are a Java-only feature: csel-auth does not support them".into())
-                    }
+                    (Quantified::Yes, '+') => return Err(PatternError::PossessiveQuantifier),
                     (Quantified::No, _) => {
                         quantified = Quantified::Yes;
                         if let Some(end) = counted.then(|| counted_repetition_end(&chars, i)).flatten() {
@@ -229,7 +267,11 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
                             continue;
                         }
                     }
-                    _ => return Err(format!("invalid regular expression: dangling meta character `{c}` (a quantifier cannot follow a quantifier)")),
+                    _ => {
+                        return Err(PatternError::Syntax(format!(
+                            "dangling meta character `{c}` (a quantifier cannot follow a quantifier)"
+                        )))
+                    }
                 }
             } else {
                 quantified = Quantified::No;
@@ -238,7 +280,7 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
         match c {
             '\\' => {
                 let Some(&next) = chars.get(i + 1) else {
-                    return Err("invalid regular expression: the pattern ends with a lone backslash".into());
+                    return Err(PatternError::Syntax("the pattern ends with a lone backslash".into()));
                 };
                 i += 2;
                 if let Some((set, negated)) = ascii_class(next) {
@@ -255,8 +297,8 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
                     'B' if class_depth == 0 => out.push_str(r"(?-u:\B)"),
                     'Z' if class_depth == 0 => out.push_str(r"(?:\n?\z)"),
                     'R' if class_depth == 0 => out.push_str(r"(?:\r\n|[\n\x0B\f\r\x{85}\x{2028}\x{2029}])"),
-                    'G' => return Err("`\\G` is a Java-only feature: csel-auth does not support it".into()),
-                    'k' => return Err("back-references are a Java-only feature: csel-auth matches in linear time and does not support them".into()),
+                    'G' => return Err(PatternError::PreviousMatchAnchor),
+                    'k' => return Err(PatternError::BackReference),
                     'Q' => {
                         // Java's quoting: everything up to `\E` is literal.
                         let rest: String = chars[i..].iter().collect();
@@ -276,7 +318,7 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
                     'p' | 'P' if chars.get(i) == Some(&'{') => {
                         let close = chars[i..].iter().position(|&x| x == '}').map(|p| i + p);
                         let Some(close) = close else {
-                            return Err("invalid regular expression: unclosed `\\p{`".into());
+                            return Err(PatternError::Syntax("unclosed `\\p{`".into()));
                         };
                         let name: String = chars[i + 1..close].iter().collect();
                         match posix_class(name.strip_prefix("Is").unwrap_or(&name)) {
@@ -298,7 +340,7 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
                     }
                     digit @ '1'..='9' if class_depth == 0 => {
                         let _ = digit;
-                        return Err("back-references are a Java-only feature: csel-auth matches in linear time and does not support them".into());
+                        return Err(PatternError::BackReference);
                     }
                     other => {
                         out.push('\\');
@@ -327,26 +369,18 @@ fn rewrite_java(pattern: &str) -> Result<String, String> {
             }
             '(' if class_depth == 0 && chars.get(i + 1) == Some(&'?') => {
                 match chars.get(i + 2) {
-                    Some('=') | Some('!') => return Err(
-                        "look-around is a Java-only feature: csel-auth matches in linear time and does not support it"
-                            .into(),
-                    ),
-                    Some('<') if matches!(chars.get(i + 3), Some('=') | Some('!')) => return Err(
-                        "look-around is a Java-only feature: csel-auth matches in linear time and does not support it"
-                            .into(),
-                    ),
-                    Some('>') => {
-                        return Err(
-                            "atomic groups `(?>…)` are a Java-only feature: csel-auth does not support them".into(),
-                        )
+                    Some('=') | Some('!') => return Err(PatternError::LookAround),
+                    Some('<') if matches!(chars.get(i + 3), Some('=') | Some('!')) => {
+                        return Err(PatternError::LookAround)
                     }
+                    Some('>') => return Err(PatternError::AtomicGroup),
                     _ => {}
                 }
                 out.push(c);
                 i += 1;
             }
             '*' | '+' | '?' | '}' if class_depth == 0 && chars.get(i + 1) == Some(&'+') => {
-                return Err("possessive quantifiers (`*+`, `++`, `?+`) are a Java-only feature: csel-auth does not support them".into());
+                return Err(PatternError::PossessiveQuantifier);
             }
             _ => {
                 out.push(c);
@@ -396,7 +430,7 @@ mod tests {
             "(?=a)a", "(?!a)b", "(?<=a)b", "(?<!a)b", r"(a)\1", "(?>a)", "a*+", "a++", r"\k<x>",
         ] {
             let err = Pattern::new(p).unwrap_err();
-            assert!(err.contains("Java-only"), "{p}: {err}");
+            assert!(err.to_string().contains("Java-only"), "{p}: {err}");
         }
     }
 
@@ -413,6 +447,25 @@ mod tests {
     #[test]
     fn huge_automaton_is_refused() {
         let err = Pattern::new("(((a{100}){100}){100})").unwrap_err();
-        assert!(err.contains("too large") || err.contains("exceeds"), "{err}");
+        assert!(matches!(err, PatternError::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn the_per_user_cache_is_bounded_and_keeps_recent_users() {
+        let pattern = Pattern::new("/v2/${user}/.*").unwrap();
+        for n in 0..PER_USER_CACHE_LIMIT + 10 {
+            let user = format!("u{n}");
+            assert!(pattern.matches(&format!("/v2/{user}/x"), Some(&user)));
+            if n % 10 == 0 {
+                assert!(pattern.matches("/v2/u0/x", Some("u0")));
+            }
+        }
+        let PatternKind::PerUser { cache, .. } = &pattern.kind else {
+            panic!("not a per-user pattern");
+        };
+        let cache = cache.lock().unwrap();
+        assert_eq!(cache.len(), PER_USER_CACHE_LIMIT);
+        assert!(cache.contains("u0"), "a user in use stays");
+        assert!(!cache.contains("u1"), "the least recently used goes first");
     }
 }

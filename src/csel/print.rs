@@ -54,7 +54,7 @@ impl Display for Operand {
 }
 
 /// Writes `text` as a double-quoted literal whose unescaped value is `text`.
-pub fn write_string_literal(f: &mut impl Write, text: &str) -> fmt::Result {
+pub(crate) fn write_string_literal(f: &mut impl Write, text: &str) -> fmt::Result {
     f.write_char('"')?;
     for c in text.chars() {
         match c {

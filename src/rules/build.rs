@@ -222,7 +222,7 @@ impl Builder {
                 }
             }
         }
-        Ok(builder.finish(file))
+        Ok(builder.finish(file, text))
     }
 
     fn selector_def(&mut self, ctx: &BuildContext, statement: Pair<Rule>) {
@@ -352,7 +352,7 @@ impl Builder {
                                     None => {
                                         let mut d = ctx.error_at(&target, format!("unknown selector `{name}`"));
                                         match did_you_mean(&name, self.selectors.iter().map(|s| s.name.as_str())) {
-                                            Some(near) => d.message.push_str(&format!(" — did you mean `{near}`?")),
+                                            Some(near) => d = d.with_help(format!("did you mean `{near}`?")),
                                             None => {
                                                 d = d.with_help(
                                                     "define it with `selector NAME = EXPRESSION`, or write the expression in parentheses",
@@ -378,7 +378,7 @@ impl Builder {
                             } else {
                                 let mut d = ctx.error_at(&subject, format!("unknown group `@{name}`"));
                                 match did_you_mean(&name, self.groups.iter().map(|g| g.name.as_str())) {
-                                    Some(near) => d.message.push_str(&format!(" — did you mean `@{near}`?")),
+                                    Some(near) => d = d.with_help(format!("did you mean `@{near}`?")),
                                     None => d = d.with_help("define it with `group NAME = user, user`"),
                                 }
                                 self.errors.push(d);
@@ -419,7 +419,7 @@ impl Builder {
         });
     }
 
-    fn finish(mut self, file: &str) -> Result<Rules, Diagnostics> {
+    fn finish(mut self, file: &str, text: &str) -> Result<Rules, Diagnostics> {
         for list in self.index.by_user.values_mut().chain(self.index.by_group.iter_mut()) {
             list.dedup();
         }
@@ -435,8 +435,8 @@ impl Builder {
         }
         Ok(Rules {
             source_name: file.to_string(),
+            source: Arc::from(text),
             selectors: self.selectors,
-            selector_by_name: self.selector_by_name,
             groups: self.groups,
             groups_of_user,
             grants: self.grants,

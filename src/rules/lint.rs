@@ -1,22 +1,15 @@
 //! Warnings for rules that load but are probably not what was meant — the
 //! classic mistakes of content selectors and registry auth.
 
-use std::fmt;
-
 use super::{Action, Rules, Subject, Target};
 use crate::csel::{CompareOp, Facts, Operand, Variable};
+use crate::diagnostic::Diagnostic;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "warning: line {}:{}: {}", self.line, self.column, self.message)
-    }
+/// A warning before it is placed in the source.
+struct Warning {
+    line: usize,
+    column: usize,
+    message: String,
 }
 
 pub struct LintOptions<'a> {
@@ -27,8 +20,9 @@ pub struct LintOptions<'a> {
     pub known_users: Option<&'a dyn Fn(&str) -> bool>,
 }
 
-/// The warnings for `rules`, in line order.
-pub fn lint(rules: &Rules, options: &LintOptions) -> Vec<Warning> {
+/// The warnings for `rules`, in line order, each a [`Diagnostic`] of severity warning with a
+/// caret under the selector, grant or member it is about.
+pub fn lint(rules: &Rules, options: &LintOptions) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
 
     let mut expressions: Vec<(usize, usize, &crate::csel::Expression)> = Vec::new();
@@ -140,7 +134,38 @@ pub fn lint(rules: &Rules, options: &LintOptions) -> Vec<Warning> {
         }
     }
     warnings.sort_by_key(|w| (w.line, w.column));
+    let source = rules.source();
+    // One pass over the source for all warnings: a file with many unknown users must not be
+    // scanned once per warning.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     warnings
+        .into_iter()
+        .map(|w| {
+            let line_start = line_starts
+                .get(w.line.saturating_sub(1))
+                .copied()
+                .unwrap_or(source.len());
+            let line_end = source[line_start..].find('\n').map_or(source.len(), |i| line_start + i);
+            let line = &source[line_start..line_end];
+            let (start, end) = word_at(line, w.column);
+            let mut diagnostic = Diagnostic::warning_at(rules.source_name(), line, start, end, w.message);
+            diagnostic.line = w.line;
+            diagnostic
+        })
+        .collect()
+}
+
+/// The byte range of the word at `column` (1-based, in characters) of `line`: up to the next
+/// whitespace, and at least the position itself.
+fn word_at(line: &str, column: usize) -> (usize, usize) {
+    let start = line
+        .char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(line.len(), |(offset, _)| offset);
+    let word = line[start..].find(char::is_whitespace).unwrap_or(line.len() - start);
+    (start, start + word)
 }
 
 /// Why a path regex is probably wrong, if it is.

@@ -11,13 +11,14 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use lint::{lint, LintOptions, Warning};
+pub use lint::{lint, LintOptions};
 
 use crate::csel::{Expression, Facts};
 use crate::diagnostic::Diagnostics;
+use crate::files::{read_bounded, ReadError};
 
 /// Largest rules file accepted; far above 100k grants.
-pub const MAX_RULES_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_RULES_BYTES: u64 = 32 << 20;
 
 /// The four kinds of access, as Nexus names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,11 +30,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
+    pub(crate) const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
 
     /// Nexus's mapping of HTTP methods; any other method has no action and
     /// is denied.
-    pub fn from_method(method: &str) -> Option<Action> {
+    pub(crate) fn from_method(method: &str) -> Option<Action> {
         Some(match method {
             "GET" | "HEAD" | "OPTIONS" => Action::Read,
             "POST" | "PATCH" => Action::Add,
@@ -43,7 +44,7 @@ impl Action {
         })
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Action::Read => "read",
             Action::Add => "add",
@@ -68,10 +69,11 @@ impl fmt::Display for Action {
 pub struct ActionSet(u8);
 
 impl ActionSet {
-    pub const ACTION_WORDS: &'static str = "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
+    pub(crate) const ACTION_WORDS: &'static str =
+        "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
 
     /// `read`, `add`, `edit`, `delete`, `*`, and Docker's `pull` and `push`.
-    pub fn from_word(word: &str) -> Option<ActionSet> {
+    pub(crate) fn from_word(word: &str) -> Option<ActionSet> {
         let actions: &[Action] = match word {
             "read" | "pull" => &[Action::Read],
             "add" => &[Action::Add],
@@ -84,15 +86,15 @@ impl ActionSet {
         Some(actions.iter().fold(ActionSet::default(), |set, a| set.with(*a)))
     }
 
-    pub fn with(self, action: Action) -> ActionSet {
+    pub(crate) fn with(self, action: Action) -> ActionSet {
         ActionSet(self.0 | action.bit())
     }
 
-    pub fn union(self, other: ActionSet) -> ActionSet {
+    pub(crate) fn union(self, other: ActionSet) -> ActionSet {
         ActionSet(self.0 | other.0)
     }
 
-    pub fn contains(self, action: Action) -> bool {
+    pub(crate) fn contains(self, action: Action) -> bool {
         self.0 & action.bit() != 0
     }
 }
@@ -143,7 +145,7 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone)]
-pub struct SelectorDef {
+pub(crate) struct SelectorDef {
     pub name: String,
     pub line: usize,
     pub column: usize,
@@ -151,14 +153,14 @@ pub struct SelectorDef {
 }
 
 #[derive(Debug, Clone)]
-pub struct GroupDef {
+pub(crate) struct GroupDef {
     pub name: String,
     pub line: usize,
     pub members: Vec<Member>,
 }
 
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     pub line: usize,
     pub column: usize,
@@ -180,8 +182,9 @@ pub struct Grant {
 #[derive(Debug, Clone)]
 pub struct Rules {
     source_name: String,
+    /// The text the rules were parsed from, for the carets of [`lint`]'s warnings.
+    source: Arc<str>,
     selectors: Vec<SelectorDef>,
-    selector_by_name: HashMap<String, usize>,
     groups: Vec<GroupDef>,
     groups_of_user: HashMap<String, Vec<usize>>,
     grants: Vec<Grant>,
@@ -247,11 +250,11 @@ impl Rules {
     }
 
     /// Rules with no statement: everything is denied.
-    pub fn empty() -> Rules {
+    pub(crate) fn empty() -> Rules {
         Rules {
             source_name: "<empty>".into(),
+            source: Arc::from(""),
             selectors: Vec::new(),
-            selector_by_name: HashMap::new(),
             groups: Vec::new(),
             groups_of_user: HashMap::new(),
             grants: Vec::new(),
@@ -259,19 +262,20 @@ impl Rules {
         }
     }
 
-    pub fn source_name(&self) -> &str {
+    pub(crate) fn source_name(&self) -> &str {
         &self.source_name
     }
 
-    pub fn selectors(&self) -> &[SelectorDef] {
+    /// The text the rules were parsed from.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub(crate) fn selectors(&self) -> &[SelectorDef] {
         &self.selectors
     }
 
-    pub fn selector(&self, name: &str) -> Option<&SelectorDef> {
-        self.selector_by_name.get(name).map(|i| &self.selectors[*i])
-    }
-
-    pub fn groups(&self) -> &[GroupDef] {
+    pub(crate) fn groups(&self) -> &[GroupDef] {
         &self.groups
     }
 
@@ -310,7 +314,7 @@ impl Rules {
     /// to the user by name, and to each of the user's groups. Only these
     /// lists are looked at, so the cost does not grow with the grants that
     /// concern other users; nothing is allocated.
-    pub fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
+    pub(crate) fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
         let first_in = |numbers: &[u32]| {
             numbers
                 .iter()
@@ -330,11 +334,11 @@ impl Rules {
     }
 
     /// Whether one of the grant's targets matches.
-    pub fn target_matches_any(&self, grant: &Grant, facts: &Facts) -> bool {
+    pub(crate) fn target_matches_any(&self, grant: &Grant, facts: &Facts) -> bool {
         grant.targets.iter().any(|t| self.target_matches(t, facts))
     }
 
-    pub fn target_matches(&self, target: &Target, facts: &Facts) -> bool {
+    pub(crate) fn target_matches(&self, target: &Target, facts: &Facts) -> bool {
         let expression = match target {
             Target::Everything => return facts.path != crate::CATALOG_PATH,
             Target::Selector(i) => &self.selectors[*i].expression,
@@ -350,7 +354,7 @@ impl Rules {
     }
 
     /// How a target is written in the file.
-    pub fn target_text(&self, target: &Target) -> String {
+    pub(crate) fn target_text(&self, target: &Target) -> String {
         match target {
             Target::Everything => "*".into(),
             Target::Selector(i) => self.selectors[*i].name.clone(),
@@ -359,7 +363,7 @@ impl Rules {
     }
 
     /// Whether `subject` names `user` (`None`: anonymous).
-    pub fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
+    pub(crate) fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
         match (subject, user) {
             (Subject::Anonymous, _) => true,
             (_, None) => false,
@@ -368,32 +372,4 @@ impl Rules {
             (Subject::Group(group), Some(user)) => self.groups_of(user).any(|g| g == group),
         }
     }
-}
-
-pub(crate) enum ReadError {
-    Io(std::io::Error),
-    TooLarge(u64),
-}
-
-/// Reads a whole file, refusing one larger than `limit` without reading it,
-/// and anything but a regular file without opening it (opening a FIFO blocks).
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read;
-    if !std::fs::metadata(path).map_err(ReadError::Io)?.is_file() {
-        return Err(ReadError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
-    let size = file.metadata().map_err(ReadError::Io)?.len();
-    if size > limit {
-        return Err(ReadError::TooLarge(size));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
-    if bytes.len() as u64 > limit {
-        return Err(ReadError::TooLarge(bytes.len() as u64));
-    }
-    Ok(bytes)
 }

@@ -41,54 +41,54 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Failures answered without delay (typos happen).
-pub const FREE_FAILURES: u32 = 3;
+pub(crate) const FREE_FAILURES: u32 = 3;
 /// Delay after the first failure beyond the free ones; it doubles with each further failure.
-pub const FIRST_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// The delay never grows beyond this.
-pub const MAX_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(5);
 /// A user or address with no failure for this long starts again from zero.
-pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// A budget of password checks: `burst` at once, then one more every `interval` (the generic
 /// cell rate algorithm, GCRA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     pub burst: u32,
     pub interval: Duration,
 }
 
 /// Checks of one user's password from one client address: 5, then 5 a minute.
-pub const PER_ADDRESS_AND_USER: Limit = Limit {
+pub(crate) const PER_ADDRESS_AND_USER: Limit = Limit {
     burst: 5,
     interval: Duration::from_secs(12),
 };
 /// Checks of one user's password from addresses that failed for that user: 10, then 10 a minute.
-pub const PER_USER: Limit = Limit {
+pub(crate) const PER_USER: Limit = Limit {
     burst: 10,
     interval: Duration::from_secs(6),
 };
 /// Checks of any user's password from one client address: 20, then 20 a minute.
-pub const PER_ADDRESS: Limit = Limit {
+pub(crate) const PER_ADDRESS: Limit = Limit {
     burst: 20,
     interval: Duration::from_secs(3),
 };
 /// Checks of a user's password from an address, since its last correct one, that do not yet
 /// make [`PER_USER`] apply to that address (a typo).
-pub const FORGIVEN_FAILURES: u32 = 1;
+pub(crate) const FORGIVEN_FAILURES: u32 = 1;
 
 /// Which budget refused a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
+pub(crate) enum LimitKind {
     AddressAndUser,
     User,
     Address,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 3] = [LimitKind::AddressAndUser, LimitKind::User, LimitKind::Address];
+    pub(crate) const ALL: [LimitKind; 3] = [LimitKind::AddressAndUser, LimitKind::User, LimitKind::Address];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             LimitKind::AddressAndUser => "address_and_user",
             LimitKind::User => "user",
@@ -97,7 +97,7 @@ impl LimitKind {
     }
 
     /// For the log.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             LimitKind::AddressAndUser => "too many failed logins for this user from this address",
             LimitKind::User => "too many failed logins for this user",
@@ -112,7 +112,7 @@ impl LimitKind {
 /// Usage: [`LoginThrottle::admit`] before a check that needs a bcrypt; then on a wrong password
 /// `record_failure` and wait `delay` before answering 401; on a right one `record_success`; for a
 /// check that never ran, `give_back`.
-pub struct LoginThrottle {
+pub(crate) struct LoginThrottle {
     state: Mutex<ThrottleState>,
     /// Salt of the user-name hashes, so nobody can pick names that collide.
     salt: [u8; 16],
@@ -166,7 +166,7 @@ const BYTES_PER_ENTRY: usize = (std::mem::size_of::<ThrottleKey>() + std::mem::s
 impl LoginThrottle {
     /// Tracks at most `max_entries` records (at least 3: one check touches three), which takes at
     /// most about `max_entries` × [`LoginThrottle::bytes_per_entry`] bytes.
-    pub fn new(max_entries: usize) -> LoginThrottle {
+    pub(crate) fn new(max_entries: usize) -> LoginThrottle {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         LoginThrottle {
@@ -181,17 +181,18 @@ impl LoginThrottle {
     }
 
     /// Memory per tracked record, whatever the length of the user name.
-    pub const fn bytes_per_entry() -> usize {
+    #[cfg(test)]
+    const fn bytes_per_entry() -> usize {
         BYTES_PER_ENTRY
     }
 
     /// Whether `user`'s password, sent from `client`, may be checked now; if so the check is
     /// counted in every budget. `Err` names the budget that is spent.
-    pub fn admit(&self, user: &str, client: Option<IpAddr>) -> Result<(), LimitKind> {
+    pub(crate) fn admit(&self, user: &str, client: Option<IpAddr>) -> Result<(), LimitKind> {
         self.admit_at(user, client, Instant::now())
     }
 
-    pub fn admit_at(&self, user: &str, client: Option<IpAddr>, now: Instant) -> Result<(), LimitKind> {
+    pub(crate) fn admit_at(&self, user: &str, client: Option<IpAddr>, now: Instant) -> Result<(), LimitKind> {
         let name = self.name_hash(user);
         let client = client.map(client_identity);
         let mut state = self.lock();
@@ -224,11 +225,11 @@ impl LoginThrottle {
     }
 
     /// Gives back the checks [`LoginThrottle::admit`] counted for a check that never ran.
-    pub fn give_back(&self, user: &str, client: Option<IpAddr>) {
+    pub(crate) fn give_back(&self, user: &str, client: Option<IpAddr>) {
         self.give_back_at(user, client, Instant::now());
     }
 
-    pub fn give_back_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
+    pub(crate) fn give_back_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
         let name = self.name_hash(user);
         let client = client.map(client_identity);
         let mut state = self.lock();
@@ -246,11 +247,11 @@ impl LoginThrottle {
 
     /// The delay to wait before answering 401 to a failed login by `user` from `client`: the
     /// larger of the user's and the address's, counting failures already recorded.
-    pub fn delay(&self, user: &str, client: Option<IpAddr>) -> Duration {
+    pub(crate) fn delay(&self, user: &str, client: Option<IpAddr>) -> Duration {
         self.delay_at(user, client, Instant::now())
     }
 
-    pub fn delay_at(&self, user: &str, client: Option<IpAddr>, now: Instant) -> Duration {
+    pub(crate) fn delay_at(&self, user: &str, client: Option<IpAddr>, now: Instant) -> Duration {
         let keys = self.keys(user, client);
         let state = self.lock();
         keys.iter()
@@ -260,11 +261,11 @@ impl LoginThrottle {
             .unwrap_or(Duration::ZERO)
     }
 
-    pub fn record_failure(&self, user: &str, client: Option<IpAddr>) {
+    pub(crate) fn record_failure(&self, user: &str, client: Option<IpAddr>) {
         self.record_failure_at(user, client, Instant::now());
     }
 
-    pub fn record_failure_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
+    pub(crate) fn record_failure_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
         let keys = self.keys(user, client);
         let mut state = self.lock();
         state.forget_expired(now);
@@ -278,11 +279,11 @@ impl LoginThrottle {
     /// gives back the check it took from the user's and the address's budgets. The address keeps
     /// its failures: one valid account must not let a client reset its count while it guesses
     /// other users' passwords.
-    pub fn record_success(&self, user: &str, client: Option<IpAddr>) {
+    pub(crate) fn record_success(&self, user: &str, client: Option<IpAddr>) {
         self.record_success_at(user, client, Instant::now());
     }
 
-    pub fn record_success_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
+    pub(crate) fn record_success_at(&self, user: &str, client: Option<IpAddr>, now: Instant) {
         let mut state = self.lock();
         // The usual case, nobody failing: nothing to forget, no key to build.
         if state.records.is_empty() {
@@ -303,12 +304,12 @@ impl LoginThrottle {
     }
 
     /// Records currently tracked (for metrics).
-    pub fn tracked_entries(&self) -> usize {
+    pub(crate) fn tracked_entries(&self) -> usize {
         self.lock().records.len()
     }
 
     /// Memory the records take, about (for metrics).
-    pub fn approximate_bytes(&self) -> usize {
+    pub(crate) fn approximate_bytes(&self) -> usize {
         self.tracked_entries() * BYTES_PER_ENTRY
     }
 

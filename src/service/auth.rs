@@ -1,0 +1,408 @@
+//! `/auth`: one `auth_request` subrequest answered. Who is asking (anonymous, a Basic login, a
+//! token), then [`decide_and_answer`] decides, and the answer is turned into 200 / 401 / 403
+//! with the header or challenge that goes with it. The decision is logged, one line per request.
+
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::panic::CatchPanic;
+use super::{
+    denial, respond, single_header, App, Body, Single, X_AUTH_USER, X_ORIGINAL_CONTENT_TYPE, X_ORIGINAL_METHOD,
+    X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
+};
+use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
+use crate::identity::{parse_authorization, Credentials, Login};
+use crate::metrics::Outcome;
+use crate::request::DockerRoute;
+use crate::rules::Action;
+use crate::token::{self, Identity, Scope};
+
+/// Why a request was answered as it was, for the log line.
+struct Verdict {
+    response: Response<Body>,
+    outcome: Outcome,
+    user: Option<String>,
+    reason: String,
+    path: Option<String>,
+}
+
+impl App {
+    /// Answers one `auth_request` subrequest and logs the decision.
+    pub(super) async fn auth(&self, request: &Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let headers = request.headers();
+        let client = match single_header(headers, &X_REAL_IP) {
+            Single::Present(ip) => ip.parse::<IpAddr>().ok(),
+            _ => None,
+        };
+        let verdict = match CatchPanic(Box::pin(self.auth_verdict(headers, client))).await {
+            Ok(verdict) => verdict,
+            Err(()) => {
+                tracing::error!(target: "csel_auth::service", "internal error while deciding (a bug): denied");
+                Verdict {
+                    response: denial(StatusCode::FORBIDDEN),
+                    outcome: Outcome::Error,
+                    user: None,
+                    reason: "internal error".into(),
+                    path: None,
+                }
+            }
+        };
+        self.metrics.record_decision(verdict.outcome, started.elapsed());
+        let method = match single_header(headers, &X_ORIGINAL_METHOD) {
+            Single::Present(m) => m,
+            _ => "-",
+        };
+        tracing::info!(
+            target: "csel_auth::decision",
+            status = verdict.response.status().as_u16(),
+            user = verdict.user.as_deref().unwrap_or("anonymous"),
+            method,
+            path = verdict.path.as_deref().unwrap_or("-"),
+            client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            reason = %verdict.reason,
+        );
+        verdict.response
+    }
+
+    async fn auth_verdict(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Verdict {
+        let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
+            response: denial(status),
+            outcome,
+            user: None,
+            reason,
+            path: None,
+        };
+        // nginx sets both itself; without them nginx is misconfigured (500,
+        // which nginx passes on) and the log says which directive is missing.
+        let required = |name: HeaderName, directive: &str| match single_header(headers, &name) {
+            Single::Present(v) => Ok(v),
+            Single::Absent => {
+                tracing::error!(target: "csel_auth::service", "/auth request without {name}: add `{directive}` to the nginx auth location (see nginx/csel-auth.conf)");
+                Err((StatusCode::INTERNAL_SERVER_ERROR, format!("missing {name}")))
+            }
+            Single::Invalid(why) => Err((StatusCode::FORBIDDEN, format!("{name} {why}"))),
+        };
+        let uri = match required(X_ORIGINAL_URI, "proxy_set_header X-Original-URI $request_uri;") {
+            Ok(v) => v,
+            Err((status, reason)) => return refuse(status, Outcome::Error, reason),
+        };
+        let method = match required(X_ORIGINAL_METHOD, "proxy_set_header X-Original-Method $request_method;") {
+            Ok(v) => v,
+            Err((status, reason)) => return refuse(status, Outcome::Error, reason),
+        };
+        let format = match single_header(headers, &X_REPOSITORY_FORMAT) {
+            Single::Absent => self.default_format.as_str(),
+            Single::Present(f) if is_format_name(f) => f,
+            _ => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Error,
+                    "invalid X-Repository-Format".into(),
+                )
+            }
+        };
+        let content_type = match single_header(headers, &X_ORIGINAL_CONTENT_TYPE) {
+            Single::Absent => None,
+            Single::Present(c) => Some(c),
+            Single::Invalid(why) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Error,
+                    format!("X-Original-Content-Type {why}"),
+                )
+            }
+        };
+        let access = AccessRequest {
+            method,
+            uri,
+            format,
+            content_type,
+        };
+
+        let mut authorization = headers.get_all(AUTHORIZATION).iter();
+        let (first, second) = (authorization.next(), authorization.next());
+        let credentials = match (first, second) {
+            (_, Some(_)) => Err("repeated Authorization header".to_string()),
+            (value, None) => parse_authorization(value.map(HeaderValue::as_bytes)).map_err(|e| e.to_string()),
+        };
+        let credentials = match credentials {
+            Ok(c) => c,
+            Err(why) => return self.challenge(&access, None, Outcome::Unauthorized, format!("bad credentials: {why}")),
+        };
+
+        // Who is asking: anonymous, a verified user, or a token's subject.
+        let mut token_holder = false;
+        let user: Option<String> = match credentials {
+            // In token mode this is challenged whatever the rules say (decision::answer).
+            Credentials::Anonymous => None,
+            Credentials::Basic { user, password } => {
+                if !self.check_password(&user, &password, client).await {
+                    return self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        format!("wrong password or unknown user `{user}`"),
+                    );
+                }
+                Some(user)
+            }
+            Credentials::Bearer(bearer) => {
+                let Some(realm) = &self.token else {
+                    return self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        "bearer token without --token-realm".into(),
+                    );
+                };
+                let verified = self
+                    .verified_tokens
+                    .verify(&realm.key, &realm.settings, &bearer, SystemTime::now());
+                // A user's token is bound to the password entry it was issued
+                // against, checked on every request (cached or not): a changed,
+                // removed or re-created entry ends it.
+                let current = |user: &str| self.store.htpasswd().entry_fingerprint(user);
+                match verified {
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: None },
+                        ..
+                    }) => {
+                        token_holder = true;
+                        None
+                    }
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                    }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
+                        token_holder = true;
+                        Some(user)
+                    }
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        ..
+                    }) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let why = if current(&user).is_some() {
+                            "issued before their password entry changed"
+                        } else {
+                            "who is no longer a user"
+                        };
+                        return self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("token for `{user}` {why}"),
+                        );
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("invalid token: {e}"),
+                        );
+                    }
+                }
+            }
+        };
+
+        let credential = match (token_holder, &user) {
+            (true, _) => Credential::Token,
+            (false, Some(_)) => Credential::Basic,
+            (false, None) => Credential::None,
+        };
+        let token_mode = self.token.is_some();
+        let rules = self.store.rules();
+        fault_injection(uri);
+        let (decision, answer) = decide_and_answer(&rules, user.as_deref(), credential, token_mode, &access);
+
+        if answer == Answer::Allow {
+            let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
+            let Ok(user_header) = HeaderValue::from_bytes(shown_user.as_bytes()) else {
+                return Verdict {
+                    response: denial(StatusCode::FORBIDDEN),
+                    outcome: Outcome::Error,
+                    user,
+                    reason: "user name cannot be sent in a header".into(),
+                    path: decision.path,
+                };
+            };
+            // The one place that answers 200.
+            let mut response = respond(StatusCode::OK, "text/plain; charset=utf-8", "");
+            response.headers_mut().insert(X_AUTH_USER, user_header);
+            return Verdict {
+                response,
+                outcome: Outcome::Allowed,
+                user,
+                // Only the decision log reads it: `--log warn` skips the formatting.
+                reason: if tracing::enabled!(target: "csel_auth::decision", tracing::Level::INFO) {
+                    decision.reason.to_string()
+                } else {
+                    String::new()
+                },
+                path: decision.path,
+            };
+        }
+        let malformed = decision.reason.is_malformed();
+        if answer != Answer::Forbidden {
+            // A valid token that does not cover the request: RFC 6750's
+            // insufficient_scope, which docker reports as "denied".
+            let error = (answer == Answer::InsufficientScope).then_some("insufficient_scope");
+            let reason = if token_mode && credential == Credential::None {
+                "no token".to_string()
+            } else {
+                decision.reason.to_string()
+            };
+            let path = decision.path.clone();
+            let mut verdict = self.challenge_for(&decision, error, reason);
+            verdict.path = path;
+            if user.is_some() {
+                verdict.outcome = Outcome::Forbidden;
+                verdict.user = user;
+            }
+            return verdict;
+        }
+        let outcome = if malformed { Outcome::Error } else { Outcome::Forbidden };
+        Verdict {
+            response: denial(StatusCode::FORBIDDEN),
+            outcome,
+            user,
+            reason: decision.reason.to_string(),
+            path: decision.path,
+        }
+    }
+
+    /// A 401 with the challenge for this request.
+    fn challenge(&self, access: &AccessRequest, error: Option<&str>, outcome: Outcome, reason: String) -> Verdict {
+        // Decided on empty rules only for the canonical path (for the log)
+        // and the docker route (the scope of a Bearer challenge).
+        let decision = decide(&crate::rules::Rules::empty(), None, access);
+        let mut verdict = self.challenge_for(&decision, error, reason);
+        verdict.outcome = outcome;
+        verdict.path = decision.path;
+        verdict
+    }
+
+    fn challenge_for(&self, decision: &Decision, error: Option<&str>, reason: String) -> Verdict {
+        let value = match &self.token {
+            None => self.basic_challenge.clone(),
+            Some(realm) => {
+                let scope = challenge_scope(decision);
+                let text = token::challenge(&realm.settings, scope.as_ref(), error);
+                HeaderValue::from_str(&text).unwrap_or_else(|_| self.basic_challenge.clone())
+            }
+        };
+        let mut response = respond(
+            StatusCode::UNAUTHORIZED,
+            "application/json; charset=utf-8",
+            token::error_json("UNAUTHORIZED", "authentication required"),
+        );
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        Verdict {
+            response,
+            outcome: Outcome::Unauthorized,
+            user: None,
+            reason,
+            path: None,
+        }
+    }
+
+    /// Checks a Basic login. A wrong password (and a guess the throttle refused unchecked) is
+    /// answered after the throttle's delay; the verifier has told the throttle already, also for
+    /// requests that go away before their answer.
+    pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {
+        let htpasswd = self.store.htpasswd();
+        let shown_client = || client.map_or_else(|| "-".to_string(), |c| c.to_string());
+        match self.verifier.login(&htpasswd, user, password, client).await {
+            Login::Accepted => return true,
+            Login::Refused => {}
+            Login::Limited(limit) => {
+                tracing::info!(
+                    target: "csel_auth::login",
+                    user,
+                    client = %shown_client(),
+                    "password not checked: {}",
+                    limit.describe()
+                );
+            }
+            Login::NameTooLong => {
+                tracing::info!(
+                    target: "csel_auth::login",
+                    bytes = user.len(),
+                    client = %shown_client(),
+                    "login refused: the user name is longer than {} bytes",
+                    crate::identity::MAX_USER_NAME_BYTES
+                );
+                return false;
+            }
+            Login::Overloaded(why) => {
+                tracing::warn!(
+                    target: "csel_auth::login",
+                    user,
+                    client = %shown_client(),
+                    "login refused without checking the password: {}",
+                    why.describe()
+                );
+                return false;
+            }
+        }
+        let delay = self.throttle.delay(user, client);
+        if !delay.is_zero() {
+            self.metrics.record_throttled_login(delay);
+            tokio::time::sleep(delay).await;
+        }
+        false
+    }
+}
+
+/// The scope a Bearer challenge names for this request.
+fn challenge_scope(decision: &Decision) -> Option<Scope> {
+    let route = decision.docker.as_ref()?;
+    if *route == DockerRoute::Catalog {
+        return Some(Scope {
+            kind: "registry".into(),
+            name: "catalog".into(),
+            actions: vec!["*".into()],
+        });
+    }
+    let name = route.repository()?;
+    let actions: &[&str] = match decision.action? {
+        Action::Read => &["pull"],
+        Action::Add | Action::Edit => &["pull", "push"],
+        Action::Delete => &["delete"],
+    };
+    Some(Scope {
+        kind: "repository".into(),
+        name: name.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+    })
+}
+
+fn is_format_name(format: &str) -> bool {
+    !format.is_empty()
+        && format.len() <= 32
+        && format
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Test builds can be told to panic while deciding one path, to prove that a
+/// panic ends in a denial. Release builds have no such switch.
+fn fault_injection(uri: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("CSEL_AUTH_FAULT_PANIC_URI").is_ok_and(|p| p == uri) {
+        panic!("fault injection: panic while deciding {uri}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = uri;
+}

@@ -1,0 +1,232 @@
+//! `/token`: the docker token realm's endpoint. Parses the request, checks the password or the
+//! refresh token, and issues a token whose `access` claim lists what the current rules allow.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::{denial, respond, single_header, App, Body, Single, X_REAL_IP};
+use crate::decision::{decide, AccessRequest};
+use crate::identity::{parse_authorization, Credentials};
+use crate::token::{self, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
+
+impl App {
+    pub(super) async fn token_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
+        let Some(realm) = &self.token else {
+            return denial(StatusCode::NOT_FOUND);
+        };
+        let is_post = request.method() == Method::POST;
+        let headers = request.headers().clone();
+        let client = match single_header(&headers, &X_REAL_IP) {
+            Single::Present(ip) => ip.parse::<IpAddr>().ok(),
+            _ => None,
+        };
+        let parsed = if is_post {
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match Limited::new(request.into_body(), token::MAX_TOKEN_REQUEST_LEN)
+                .collect()
+                .await
+            {
+                Ok(body) => token::parse_token_post(content_type.as_deref(), &body.to_bytes()),
+                Err(_) => Err(token::TokenRequestError::TooLarge),
+            }
+        } else {
+            token::parse_token_get(request.uri().query().unwrap_or(""))
+        };
+        let token_request = match parsed.and_then(|r| r.check_service(&realm.settings).map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics
+                    .token_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "csel_auth::token", error = %e, "token request refused");
+                let body = if is_post {
+                    token::oauth_error_json(e.oauth_error(), &e.to_string())
+                } else {
+                    token::error_json("UNSUPPORTED", &e.to_string())
+                };
+                return respond(StatusCode::BAD_REQUEST, "application/json; charset=utf-8", body);
+            }
+        };
+        let unauthorized = |why: &str| {
+            self.metrics
+                .token_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(target: "csel_auth::token", reason = why, "token refused");
+            let mut response = respond(
+                StatusCode::UNAUTHORIZED,
+                "application/json; charset=utf-8",
+                token::oauth_error_json("invalid_grant", "wrong user name or password"),
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, self.basic_challenge.clone());
+            response
+        };
+        // The binding is the password entry as it was before the password was
+        // checked: if the entry changes meanwhile, the token is born ended
+        // (fails closed) rather than bound to an entry the password was not
+        // checked against.
+        let fingerprint = |user: &str| self.store.htpasswd().entry_fingerprint(user).unwrap_or_default();
+        let (identity, binding, scopes, wants_refresh, reuse_refresh) = match token_request {
+            TokenRequest::Get {
+                scopes, offline_token, ..
+            } => {
+                let mut authorization = headers.get_all(AUTHORIZATION).iter();
+                let (first, second) = (authorization.next(), authorization.next());
+                if second.is_some() {
+                    return unauthorized("repeated Authorization header");
+                }
+                match parse_authorization(first.map(HeaderValue::as_bytes)) {
+                    Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), scopes, false, None),
+                    Ok(Credentials::Basic { user, password }) => {
+                        let binding = fingerprint(&user);
+                        if !self.check_password(&user, &password, client).await {
+                            return unauthorized("wrong password or unknown user");
+                        }
+                        (Identity::user(user), binding, scopes, offline_token, None)
+                    }
+                    _ => return unauthorized("unusable Authorization header"),
+                }
+            }
+            TokenRequest::PasswordGrant {
+                username,
+                password,
+                scopes,
+                access_type_offline,
+                ..
+            } => {
+                let binding = fingerprint(&username);
+                if !self.check_password(&username, &password, client).await {
+                    return unauthorized("wrong password or unknown user");
+                }
+                (Identity::user(username), binding, scopes, access_type_offline, None)
+            }
+            TokenRequest::RefreshGrant { .. } if !realm.refresh_tokens => {
+                self.metrics
+                    .token_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(target: "csel_auth::token", "refresh grant refused: refresh tokens are off");
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "application/json; charset=utf-8",
+                    token::oauth_error_json(
+                        "unsupported_grant_type",
+                        "this registry does not accept refresh tokens: log in again with your password",
+                    ),
+                );
+            }
+            TokenRequest::RefreshGrant {
+                refresh_token, scopes, ..
+            } => match token::verify(
+                &realm.key,
+                &realm.settings,
+                TokenKind::Refresh,
+                &refresh_token,
+                SystemTime::now(),
+            ) {
+                // Bound to the password entry: a changed password or a
+                // removed user ends every refresh token issued before.
+                Ok(VerifiedToken {
+                    identity: Identity { user: Some(user) },
+                    binding,
+                    ..
+                }) if !binding.is_empty() && fingerprint(&user) == binding => {
+                    (Identity::user(user), binding, scopes, false, Some(refresh_token))
+                }
+                _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
+            },
+        };
+        let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
+        let mut issued = token::issue(
+            &realm.key,
+            &realm.settings,
+            &identity,
+            &granted,
+            &binding,
+            wants_refresh && realm.refresh_tokens,
+            SystemTime::now(),
+        );
+        if reuse_refresh.is_some() {
+            issued.refresh_token = reuse_refresh;
+        }
+        self.metrics
+            .tokens_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            target: "csel_auth::token",
+            user = identity.user.as_deref().unwrap_or("anonymous"),
+            scope = %issued.scope,
+            "token issued"
+        );
+        respond(
+            StatusCode::OK,
+            "application/json; charset=utf-8",
+            token::token_response_json(&issued),
+        )
+    }
+
+    /// The requested scopes, each cut down to the actions the current rules
+    /// allow. Informational: every request is decided again by the rules.
+    fn granted_scopes(&self, user: Option<&str>, requested: &[Scope]) -> Vec<Scope> {
+        let rules = self.store.rules();
+        let allowed = |method: &str, uri: &str| {
+            decide(
+                &rules,
+                user,
+                &AccessRequest {
+                    method,
+                    uri,
+                    format: "docker",
+                    content_type: None,
+                },
+            )
+            .allowed
+        };
+        requested
+            .iter()
+            .filter_map(|scope| {
+                let actions: Vec<String> = match scope.kind.as_str() {
+                    "repository" => {
+                        let manifest = format!("/v2/{}/manifests/latest", scope.name);
+                        scope
+                            .actions
+                            .iter()
+                            .filter(|a| match a.as_str() {
+                                "pull" => allowed("GET", &manifest),
+                                "push" => allowed("PUT", &manifest),
+                                "delete" => allowed("DELETE", &manifest),
+                                "*" => {
+                                    allowed("GET", &manifest)
+                                        && allowed("PUT", &manifest)
+                                        && allowed("DELETE", &manifest)
+                                }
+                                _ => false,
+                            })
+                            .cloned()
+                            .collect()
+                    }
+                    "registry" if scope.name == "catalog" => scope
+                        .actions
+                        .iter()
+                        .filter(|_| allowed("GET", crate::CATALOG_PATH))
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (!actions.is_empty()).then(|| Scope {
+                    kind: scope.kind.clone(),
+                    name: scope.name.clone(),
+                    actions,
+                })
+            })
+            .collect()
+    }
+}
