@@ -5,6 +5,7 @@
 //! (the rules file) ← `decision` ← `service`. The language knows nothing of
 //! HTTP; the service knows nothing of pest.
 
+pub mod access_keys;
 pub mod cli;
 pub mod config;
 pub mod csel;
