@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `explain`, `test`, `eval`.
+//! The command line: `serve`, `check`, `explain`, `test`, `eval`, `access-key`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +38,8 @@ enum Command {
     Test(TestArgs),
     /// Evaluate one expression against one request (no path checks).
     Eval(EvalArgs),
+    /// Create, list and revoke access keys (secrets for CI jobs and robots).
+    AccessKey(crate::access_keys::AccessKeyArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +53,9 @@ struct ServeArgs {
     /// Users and bcrypt password hashes, as made by `htpasswd -B` (watched too).
     #[arg(long)]
     htpasswd: Option<PathBuf>,
+    /// The access keys file, made by `csel-auth access-key create`.
+    #[arg(long)]
+    access_keys: Option<PathBuf>,
     /// HOST:PORT, or unix:/path/to.sock [default: 127.0.0.1:9000]
     #[arg(long)]
     listen: Option<String>,
@@ -114,6 +119,8 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 /// The service's settings: flags over the config file over the defaults.
 struct ServeSettings {
     config: crate::service::Config,
+    /// `--access-keys` or `[access_keys] file`: checked at start, not yet used for logins.
+    access_keys: Option<PathBuf>,
     log: String,
     log_format: String,
 }
@@ -196,6 +203,9 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             login_cache: args.login_cache.or(file.logins.cache).unwrap_or(10_000),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(4096),
         },
+        access_keys: args
+            .access_keys
+            .or(file.access_keys.clone().map(|section| section.file)),
         log: args.log.or(file.log.filter.clone()).unwrap_or_else(|| "info".into()),
         log_format,
     })
@@ -216,6 +226,11 @@ fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
     } else {
         builder.init();
     }
+    if let Some(path) = &settings.access_keys {
+        // A file that does not load stops the start, as the htpasswd file does.
+        let keys = crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?;
+        tracing::info!(file = %path.display(), keys = keys.len(), "access keys loaded");
+    }
     crate::service::run(settings.config)?;
     Ok(Conclusion::Yes)
 }
@@ -223,7 +238,7 @@ fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
 #[derive(Args)]
 struct CheckArgs {
     /// The rules file (or the one the config file names).
-    #[arg(required_unless_present = "config")]
+    #[arg(required_unless_present_any = ["config", "access_keys"])]
     rules: Option<PathBuf>,
     /// Check this config file, then the rules and htpasswd files it names.
     #[arg(long)]
@@ -234,6 +249,10 @@ struct CheckArgs {
     /// The service runs with --token-realm (the /v2/ ping always challenges).
     #[arg(long)]
     token_mode: bool,
+    /// Check this access keys file (or the one the config file names): errors, expired keys,
+    /// keys that never expire.
+    #[arg(long)]
+    access_keys: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -392,6 +411,7 @@ pub fn run() -> ExitCode {
         Command::Explain(args) => explain_command(&args),
         Command::Test(args) => test_command(&args),
         Command::Eval(args) => eval(&args),
+        Command::AccessKey(args) => return ExitCode::from(crate::access_keys::run_access_key_command(&args)),
     };
     ExitCode::from(match result {
         Ok(answer) => answer as u8,
@@ -426,6 +446,14 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
             file
         }
     };
+    let keys_path = args
+        .access_keys
+        .clone()
+        .or(file.access_keys.clone().map(|section| section.file));
+    let keys_ok = keys_path.as_deref().is_none_or(crate::access_keys::check_keys_file);
+    if args.rules.is_none() && file.rules.is_none() && args.access_keys.is_some() && args.config.is_none() {
+        return Ok(Conclusion::from(keys_ok));
+    }
     let rules_path = args
         .rules
         .clone()
@@ -470,7 +498,7 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
         );
         return Ok(Conclusion::No);
     }
-    Ok(Conclusion::Yes)
+    Ok(Conclusion::from(keys_ok))
 }
 
 fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {

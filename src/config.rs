@@ -36,6 +36,7 @@ pub struct ConfigFile {
     pub logins: LoginSection,
     pub token: Option<TokenSection>,
     pub ldap: Option<LdapSection>,
+    pub access_keys: Option<AccessKeysSection>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -97,6 +98,13 @@ pub struct LdapSection {
     pub cache_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
+}
+
+/// `[access_keys]`: the access keys file (see `crate::access_keys`), `serve --access-keys`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeysSection {
+    pub file: PathBuf,
 }
 
 /// Durations are written as `90s`, `5m`, `1h 30m`, `7d`.
@@ -186,6 +194,9 @@ impl ConfigFile {
             ldap.ca_file.as_mut().map(resolve);
             ldap.bind_password_file.as_mut().map(resolve);
         }
+        if let Some(access_keys) = &mut self.access_keys {
+            resolve(&mut access_keys.file);
+        }
         if let Some(listen) = &mut self.listen {
             if let Some(socket) = listen.strip_prefix("unix:") {
                 if Path::new(socket).is_relative() && !socket.is_empty() {
@@ -217,6 +228,7 @@ impl ConfigFile {
         differs("[logins]", self.logins == other.logins);
         differs("[token]", self.token == other.token);
         differs("[ldap]", self.ldap == other.ldap);
+        differs("[access_keys]", self.access_keys == other.access_keys);
         changed
     }
 }
@@ -418,5 +430,33 @@ timeout = "3s"
         assert_eq!(ldap.url, "ldaps://ldap.example.org");
         assert_eq!(ldap.member_of_attribute.as_deref(), Some(""));
         assert_eq!(ldap.timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn access_keys_section_names_a_file_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csel-auth.toml");
+        std::fs::write(&path, "[access_keys]\nfile = \"keys/access.keys\"\n").unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert_eq!(
+            config.access_keys.clone().unwrap().file,
+            dir.path().join("keys/access.keys")
+        );
+        let absolute = ConfigFile::parse("[access_keys]\nfile = \"/etc/csel-auth/access.keys\"\n").unwrap();
+        assert_eq!(
+            absolute.access_keys.clone().unwrap().file,
+            PathBuf::from("/etc/csel-auth/access.keys")
+        );
+        assert_eq!(config.changed_keys(&absolute), vec!["[access_keys]"]);
+    }
+
+    #[test]
+    fn access_keys_section_rejects_unknown_keys_and_needs_a_file() {
+        let error = ConfigFile::parse("[access_keys]\nfile = \"k\"\npath = \"k\"\n").unwrap_err();
+        assert!(error.contains("unknown field `path`"), "{error}");
+        assert!(error.contains("line 3, column 1"), "{error}");
+        assert!(error.contains("file"), "the expected key is named: {error}");
+        let error = ConfigFile::parse("[access_keys]\n").unwrap_err();
+        assert!(error.contains("missing field `file`"), "{error}");
     }
 }

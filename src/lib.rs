@@ -36,6 +36,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_keys;
 pub mod cli;
 pub mod config;
 pub mod csel;

@@ -4,6 +4,7 @@
 
 mod kit;
 
+mod access_keys;
 mod cli;
 mod decisions;
 mod e2e;
