@@ -14,6 +14,7 @@ mod grammar;
 pub mod identity;
 pub mod ldap;
 pub mod metrics;
+pub mod oidc;
 pub mod reload;
 pub mod request;
 pub mod rules;
