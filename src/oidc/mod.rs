@@ -249,7 +249,7 @@ impl Issuers {
 
     /// Checks `password` as a token of one of the issuers. The `-u` user name plays no part.
     pub async fn login(&self, password: &str) -> OidcCheck {
-        if self.issuers.is_empty() || !verify::is_jws_shaped(password) {
+        if self.issuers.is_empty() || !verify::may_be_jws(password) {
             return OidcCheck::NotAJwt;
         }
         let now = unix_now();

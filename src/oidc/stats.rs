@@ -89,7 +89,11 @@ impl Health {
     pub(crate) fn succeeded(&self, keys: usize) {
         *self.last_success.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         if !self.up.swap(true, Ordering::SeqCst) {
-            tracing::warn!(issuer = %self.issuer, source = %self.source, keys, "OIDC: the issuer's keys are in; its tokens are accepted");
+            if self.fetch_errors.load(Ordering::Relaxed) == 0 {
+                tracing::info!(issuer = %self.issuer, source = %self.source, keys, "OIDC: the issuer's keys are in");
+            } else {
+                tracing::warn!(issuer = %self.issuer, source = %self.source, keys, "OIDC: the issuer's keys can be fetched again; its tokens are accepted");
+            }
         }
     }
 

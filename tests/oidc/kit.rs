@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -97,6 +99,47 @@ impl SigningKey {
             }),
             public_pem: String::new(),
         }
+    }
+
+    pub fn p384(kid: &str) -> SigningKey {
+        let pair = or_panic(
+            "P-384 key generation",
+            EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING),
+        );
+        let pkcs8 = or_panic("PKCS#8", pair.to_pkcs8v1());
+        let point = pair.public_key().as_ref();
+        SigningKey {
+            kid: kid.to_string(),
+            alg: Algorithm::ES384,
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk: json!({
+                "kty": "EC", "crv": "P-384", "use": "sig", "alg": "ES384", "kid": kid,
+                "x": URL_SAFE_NO_PAD.encode(&point[1..49]), "y": URL_SAFE_NO_PAD.encode(&point[49..97]),
+            }),
+            public_pem: String::new(),
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> SigningKey {
+        let pair = or_panic("Ed25519 key generation", Ed25519KeyPair::generate());
+        let pkcs8 = or_panic("PKCS#8", pair.to_pkcs8());
+        SigningKey {
+            kid: kid.to_string(),
+            alg: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwk: json!({
+                "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid,
+                "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+            }),
+            public_pem: String::new(),
+        }
+    }
+
+    /// Signs with another algorithm of the key's family (an RSA key: RS384, PS256, ...).
+    pub fn sign_as(&self, alg: Algorithm, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(self.kid.clone());
+        self.sign_with(&header, claims)
     }
 
     /// The JWK without `alg` and `use`, as some issuers publish them.
