@@ -691,6 +691,21 @@ async fn keys_from_a_file_follow_the_file() {
     .await;
     issuers.clear();
     valid(issuers.login(&token).await);
+    // Reported once: looking at the unchanged broken file again reads and counts nothing.
+    let before = issuers.stats().issuers[0].clone();
+    for _ in 0..3 {
+        issuers.refresh_all().await;
+    }
+    let after = &issuers.stats().issuers[0];
+    assert_eq!(
+        (after.fetches, after.fetch_errors),
+        (before.fetches, before.fetch_errors)
+    );
+    // Repaired: read again.
+    std::fs::write(&jwks_path, jwks(&[&second.jwk, &first.jwk])).unwrap();
+    issuers.refresh_all().await;
+    let repaired = &issuers.stats().issuers[0];
+    assert!(repaired.up && repaired.keys == 2, "{repaired:?}");
 }
 
 #[tokio::test]

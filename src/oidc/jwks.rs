@@ -253,6 +253,15 @@ pub(crate) enum Fetch {
     Early { seen_generation: u64 },
 }
 
+/// What a fetch brought.
+enum Fetched {
+    New(Vec<u8>),
+    /// The file is as it was when it last gave a usable key set.
+    Unchanged,
+    /// The file is as missing or unusable as when that was last reported.
+    StillBroken,
+}
+
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -273,8 +282,8 @@ pub(crate) struct IssuerKeys {
     generation: AtomicU64,
     /// When the last fetch was started: the rate limit of early fetches.
     last_attempt: Mutex<Option<Instant>>,
-    /// The file as last read, and whether that read gave a usable key set.
-    file_stamp: Mutex<Option<(FileStamp, bool)>>,
+    /// The file as last looked at (`None`: missing), and whether it gave a usable key set.
+    file_stamp: Mutex<Option<(Option<FileStamp>, bool)>>,
     /// One fetch at a time per issuer; early fetches queue behind it and usually find it made
     /// theirs unnecessary.
     fetching: tokio::sync::Mutex<()>,
@@ -323,19 +332,24 @@ impl IssuerKeys {
         let fetched = match &self.source {
             JwksSource::Url { url, client } => {
                 Health::count(&health.fetches);
-                fetch_url(client, url).await.map(Some)
+                fetch_url(client, url).await.map(Fetched::New)
             }
             JwksSource::File { path } => self.read_file_if_changed(path, health).await,
         };
-        match fetched.and_then(|bytes| bytes.map(|b| KeySet::parse(&b)).transpose()) {
+        match fetched.and_then(|fetched| match fetched {
+            Fetched::New(bytes) => KeySet::parse(&bytes).map(Some),
+            Fetched::Unchanged => Ok(None),
+            Fetched::StillBroken => Err(String::new()),
+        }) {
             Ok(Some(set)) => {
                 self.remember_file_result(true);
                 let count = set.keys.len();
                 self.install(set);
                 health.succeeded(count);
             }
-            // The file is as it was when last read, and that read was good.
             Ok(None) => health.succeeded(self.key_count()),
+            // Already counted and logged when it broke.
+            Err(reason) if reason.is_empty() => {}
             Err(reason) => {
                 self.remember_file_result(false);
                 health.failed(&reason, self.current.load().is_some());
@@ -357,33 +371,36 @@ impl IssuerKeys {
         }
     }
 
-    /// `Ok(None)` when the file is unchanged since a good read; an unchanged file whose last read
-    /// failed is read again only when it changes, so a broken file is reported once.
-    async fn read_file_if_changed(&self, path: &Path, health: &Health) -> Result<Option<Vec<u8>>, String> {
-        let metadata = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if !metadata.is_file() {
-            return Err(format!("{}: not a regular file", path.display()));
-        }
-        let stamp = FileStamp {
-            modified: metadata.modified().ok(),
-            len: metadata.len(),
-            inode: metadata.ino(),
-            changed: metadata.ctime(),
-            changed_nanos: metadata.ctime_nsec(),
+    /// The file's content when it changed since last looked at. An unchanged file is not read
+    /// again, and one that was missing or unusable is reported once, not at every look.
+    async fn read_file_if_changed(&self, path: &Path, health: &Health) -> Result<Fetched, String> {
+        let (stamp, problem) = match tokio::fs::metadata(path).await {
+            Ok(metadata) if metadata.is_file() => (
+                Some(FileStamp {
+                    modified: metadata.modified().ok(),
+                    len: metadata.len(),
+                    inode: metadata.ino(),
+                    changed: metadata.ctime(),
+                    changed_nanos: metadata.ctime_nsec(),
+                }),
+                None,
+            ),
+            Ok(_) => (None, Some(format!("{}: not a regular file", path.display()))),
+            Err(e) => (None, Some(format!("{}: {e}", path.display()))),
         };
-        let previous = *self.file_stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        match previous {
-            Some((seen, true)) if seen == stamp => return Ok(None),
-            Some((seen, false)) if seen == stamp => {
-                return Err(format!("{}: unchanged since it was found unusable", path.display()))
+        {
+            let mut last = self.file_stamp.lock().unwrap_or_else(PoisonError::into_inner);
+            match *last {
+                Some((seen, true)) if seen == stamp => return Ok(Fetched::Unchanged),
+                Some((seen, false)) if seen == stamp => return Ok(Fetched::StillBroken),
+                _ => *last = Some((stamp, false)),
             }
-            _ => {}
         }
-        *self.file_stamp.lock().unwrap_or_else(PoisonError::into_inner) = Some((stamp, false));
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
         Health::count(&health.fetches);
-        if metadata.len() > MAX_JWKS_BYTES as u64 {
+        if stamp.is_some_and(|stamp| stamp.len > MAX_JWKS_BYTES as u64) {
             return Err(format!(
                 "{}: larger than {MAX_JWKS_BYTES} bytes; is it the right file?",
                 path.display()
@@ -392,7 +409,7 @@ impl IssuerKeys {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Some(bytes))
+        Ok(Fetched::New(bytes))
     }
 
     fn remember_file_result(&self, good: bool) {

@@ -129,14 +129,14 @@ pub(crate) fn peek(text: &str) -> Option<Peeked> {
 
 /// The algorithm named in the header, if the issuer accepts it.
 pub(crate) fn accepted_algorithm(settings: &OidcSettings, header: &Header) -> Result<Algorithm, Refusal> {
-    let refused = || Refusal::Algorithm(format!("{:?}", header.alg));
+    let refused = || Refusal::Algorithm(format!("{:?}", shorten(&header.alg)));
     // Parsed by name, exactly: `none` and HS* are no Algorithm the allow-list can hold.
     let alg: Algorithm = header.alg.parse().map_err(|_| refused())?;
     if !settings.algorithms.contains(&alg) {
         return Err(refused());
     }
     if let Some(crit) = &header.crit {
-        return Err(Refusal::Critical(crit.to_string()));
+        return Err(Refusal::Critical(shorten(&crit.to_string())));
     }
     Ok(alg)
 }
@@ -160,13 +160,22 @@ pub(crate) fn choose_keys<'a>(keys: &'a KeySet, kid: Option<&str>, alg: Algorith
             Some(key) => KeyChoice::Refused(Refusal::KeyMismatch {
                 alg: format!("{alg:?}"),
                 kind: key.kind.name(),
-                kid: kid.to_string(),
+                kid: shorten(kid),
             }),
-            None => KeyChoice::Missing(Refusal::UnknownKey(kid.to_string())),
+            None => KeyChoice::Missing(Refusal::UnknownKey(shorten(kid))),
         },
         (Some(_), _) => KeyChoice::Found(candidates),
         (None, 0) => KeyChoice::Missing(Refusal::UnknownKey(String::new())),
         (None, count) => KeyChoice::Refused(Refusal::AmbiguousKey(count)),
+    }
+}
+
+/// Header values go into log lines: a stranger's 16 KiB `kid` must not.
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -417,6 +426,13 @@ mod tests {
         assert_eq!(timestamp(&serde_json::json!(1_700_000_000.75)), Some(1_700_000_000));
         assert_eq!(timestamp(&serde_json::json!(-1)), None);
         assert_eq!(timestamp(&serde_json::json!("1700000000")), None);
+    }
+
+    #[test]
+    fn header_values_are_shortened_for_the_log() {
+        assert_eq!(shorten("kid-1"), "kid-1");
+        let long = "é".repeat(100);
+        assert_eq!(shorten(&long), format!("{}…", "é".repeat(64)));
     }
 
     #[test]
