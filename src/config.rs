@@ -37,6 +37,9 @@ pub struct ConfigFile {
     pub token: Option<TokenSection>,
     pub ldap: Option<LdapSection>,
     pub access_keys: Option<AccessKeysSection>,
+    /// `[[oidc]]`: one per trusted token issuer.
+    #[serde(default)]
+    pub oidc: Vec<OidcSection>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -105,6 +108,45 @@ pub struct LdapSection {
 #[serde(deny_unknown_fields)]
 pub struct AccessKeysSection {
     pub file: PathBuf,
+}
+
+/// `[[oidc]]`: JSON Web Tokens from this issuer are accepted as passwords. Only `issuer`,
+/// `audience`, `username_prefix` and one of `jwks_url`/`jwks_file` are required; see
+/// `crate::oidc::OidcSettings` for the defaults and what each key means.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The `iss` claim, exactly as the issuer writes it.
+    pub issuer: String,
+    /// The `aud` claim the tokens must carry (one of them, when it is a list).
+    pub audience: String,
+    /// Where the issuer publishes its keys (`https://`; `http://` only on a loopback address).
+    pub jwks_url: Option<String>,
+    /// Or a file holding the keys (a JWKS document).
+    pub jwks_file: Option<PathBuf>,
+    /// The claim whose value names the user; `/a/b` is a JSON pointer into nested claims.
+    pub username_claim: Option<String>,
+    /// Put before every user and group name from this issuer, so they cannot be taken for local ones.
+    pub username_prefix: Option<String>,
+    /// The claim holding the groups: a string or an array of strings.
+    pub groups_claim: Option<String>,
+    /// The signature algorithms accepted (`RS256`, `ES256`, ...); never `none` or `HS*`.
+    pub algorithms: Option<Vec<String>>,
+    /// Tokens issued (`iat`) longer ago than this are refused, whatever their `exp`.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_age: Option<Duration>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default, deserialize_with = "duration")]
+    pub leeway: Option<Duration>,
+    /// How often the keys are fetched again (the file's change is looked for).
+    #[serde(default, deserialize_with = "duration")]
+    pub jwks_refresh: Option<Duration>,
+    /// At most one fetch per this interval besides the schedule (unknown `kid`, keys missing).
+    #[serde(default, deserialize_with = "duration")]
+    pub jwks_min_interval: Option<Duration>,
+    /// For one fetch of `jwks_url`, connection included.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
 }
 
 /// Durations are written as `90s`, `5m`, `1h 30m`, `7d`.
@@ -197,6 +239,9 @@ impl ConfigFile {
         if let Some(access_keys) = &mut self.access_keys {
             resolve(&mut access_keys.file);
         }
+        for oidc in &mut self.oidc {
+            oidc.jwks_file.as_mut().map(resolve);
+        }
         if let Some(listen) = &mut self.listen {
             if let Some(socket) = listen.strip_prefix("unix:") {
                 if Path::new(socket).is_relative() && !socket.is_empty() {
@@ -229,6 +274,7 @@ impl ConfigFile {
         differs("[token]", self.token == other.token);
         differs("[ldap]", self.ldap == other.ldap);
         differs("[access_keys]", self.access_keys == other.access_keys);
+        differs("[[oidc]]", self.oidc == other.oidc);
         changed
     }
 }
@@ -458,5 +504,94 @@ timeout = "3s"
         assert!(error.contains("file"), "the expected key is named: {error}");
         let error = ConfigFile::parse("[access_keys]\n").unwrap_err();
         assert!(error.contains("missing field `file`"), "{error}");
+    }
+
+    const OIDC_SECTIONS: &str = r#"
+[[oidc]]
+issuer = "https://token.actions.githubusercontent.com"
+audience = "registry.example.com"
+jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+username_claim = "repository"
+username_prefix = "github:"
+groups_claim = "groups"
+algorithms = ["RS256", "ES256"]
+max_age = "1h"
+leeway = "30s"
+jwks_refresh = "10m"
+jwks_min_interval = "30s"
+timeout = "5s"
+
+[[oidc]]
+issuer = "https://kubernetes.default.svc.cluster.local"
+audience = "registry.example.com"
+jwks_file = "k8s.jwks"
+username_prefix = "k8s:"
+"#;
+
+    #[test]
+    fn oidc_sections_parse_every_key() {
+        let config = ConfigFile::parse(OIDC_SECTIONS).unwrap();
+        assert_eq!(config.oidc.len(), 2);
+        let github = &config.oidc[0];
+        assert_eq!(github.issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(github.audience, "registry.example.com");
+        assert_eq!(github.username_claim.as_deref(), Some("repository"));
+        assert_eq!(github.username_prefix.as_deref(), Some("github:"));
+        assert_eq!(github.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(github.algorithms, Some(vec!["RS256".to_string(), "ES256".to_string()]));
+        assert_eq!(github.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(github.leeway, Some(Duration::from_secs(30)));
+        assert_eq!(github.jwks_refresh, Some(Duration::from_secs(600)));
+        assert_eq!(github.jwks_min_interval, Some(Duration::from_secs(30)));
+        assert_eq!(github.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(config.oidc[1].jwks_file, Some(PathBuf::from("k8s.jwks")));
+        assert!(ConfigFile::parse("").unwrap().oidc.is_empty());
+    }
+
+    #[test]
+    fn oidc_sections_reject_unknown_keys() {
+        let error = ConfigFile::parse(
+            "[[oidc]]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://h\"\nusername_prefx = \"x:\"\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("unknown field `username_prefx`"), "{error}");
+        assert!(error.contains("line 5, column 1"), "{error}");
+        assert!(
+            error.contains("username_prefix"),
+            "the expected keys are listed: {error}"
+        );
+        let error = ConfigFile::parse("[[oidc]]\nissuer = \"i\"\n").unwrap_err();
+        assert!(error.contains("missing field `audience`"), "{error}");
+        let error = ConfigFile::parse("[oidc]\nissuer = \"i\"\naudience = \"a\"\n").unwrap_err();
+        assert!(error.contains("oidc"), "a single [oidc] table is not the list: {error}");
+    }
+
+    #[test]
+    fn oidc_jwks_files_follow_the_file_and_changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csel-auth.toml");
+        std::fs::write(&path, OIDC_SECTIONS.replace("k8s.jwks", "keys/k8s.jwks")).unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert_eq!(config.oidc[1].jwks_file, Some(dir.path().join("keys/k8s.jwks")));
+        assert_eq!(config.oidc[0].jwks_file, None);
+        let mut other = config.clone();
+        other.oidc[0].max_age = None;
+        assert_eq!(config.changed_keys(&other), vec!["[[oidc]]"]);
+    }
+
+    #[test]
+    fn the_example_oidc_sections_parse_once_uncommented() {
+        let example = include_str!("../examples/csel-auth.toml");
+        let start = example.find("# [[oidc]]").expect("the example documents [[oidc]]");
+        let end = example[start..].find("\n\n").map_or(example.len(), |at| start + at);
+        let section: String = example[start..end]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        let settings = crate::oidc::OidcSettings::from_sections(&config.oidc).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.len(), 2);
+        assert_eq!(settings[0].issuer(), "https://token.actions.githubusercontent.com");
     }
 }

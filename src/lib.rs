@@ -48,6 +48,7 @@ pub mod identity;
 /// The LDAP identity source, at its historical path.
 pub use identity::ldap;
 pub(crate) mod metrics;
+pub mod oidc;
 mod percent;
 pub(crate) mod reload;
 pub mod request;

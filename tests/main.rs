@@ -11,6 +11,7 @@ mod e2e;
 mod identity;
 mod language;
 mod ldap;
+mod oidc;
 mod reliability;
 mod request;
 mod rules;

@@ -21,6 +21,7 @@ pub mod docker;
 pub mod files;
 pub mod http;
 pub mod images;
+pub mod jwks;
 pub mod metrics;
 pub mod nginx;
 pub mod ports;
