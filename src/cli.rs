@@ -103,6 +103,9 @@ struct ServeArgs {
     /// Connections served at once; more wait to be accepted [default: 4096]
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Write one JSON line per decision to this file (reopened on SIGUSR1, for logrotate).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Log filter: error, warn, info (one line per decision), debug; or a
     /// tracing filter such as `csel_auth::decision=warn,info` [default: info]
     #[arg(long, env = "CSEL_AUTH_LOG")]
@@ -202,6 +205,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             bcrypt_concurrency: args.bcrypt_concurrency.or(file.logins.bcrypt_concurrency).unwrap_or(2),
             login_cache: args.login_cache.or(file.logins.cache).unwrap_or(10_000),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(4096),
+            audit_file: args.audit_log.or(file.audit.clone().map(|section| section.file)),
         },
         access_keys: args
             .access_keys

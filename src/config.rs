@@ -37,6 +37,7 @@ pub struct ConfigFile {
     pub token: Option<TokenSection>,
     pub ldap: Option<LdapSection>,
     pub access_keys: Option<AccessKeysSection>,
+    pub audit: Option<AuditSection>,
     /// `[[oidc]]`: one per trusted token issuer.
     #[serde(default)]
     pub oidc: Vec<OidcSection>,
@@ -101,6 +102,13 @@ pub struct LdapSection {
     pub cache_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
+}
+
+/// `[audit]`: one JSON line per decision in this file (docs/operations.md, "Audit log").
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub file: PathBuf,
 }
 
 /// `[access_keys]`: the access keys file (see `crate::access_keys`), `serve --access-keys`.
@@ -236,6 +244,9 @@ impl ConfigFile {
             ldap.ca_file.as_mut().map(resolve);
             ldap.bind_password_file.as_mut().map(resolve);
         }
+        if let Some(audit) = &mut self.audit {
+            resolve(&mut audit.file);
+        }
         if let Some(access_keys) = &mut self.access_keys {
             resolve(&mut access_keys.file);
         }
@@ -274,6 +285,7 @@ impl ConfigFile {
         differs("[token]", self.token == other.token);
         differs("[ldap]", self.ldap == other.ldap);
         differs("[access_keys]", self.access_keys == other.access_keys);
+        differs("[audit]", self.audit == other.audit);
         differs("[[oidc]]", self.oidc == other.oidc);
         changed
     }

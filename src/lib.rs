@@ -37,6 +37,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_keys;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod csel;

@@ -1092,3 +1092,31 @@ fn an_unsupported_hash_disables_only_its_user() {
     assert_eq!(own("alice", &password("alice")).status, 200);
     assert_eq!(own("carol", &password("carol")).status, 401);
 }
+
+#[test]
+fn systemd_is_told_ready_only_once_the_rules_loaded() {
+    use std::os::unix::net::UnixDatagram;
+    let setup = Setup::new(RULES);
+    let socket_path = setup.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let service = setup.env("NOTIFY_SOCKET", &socket_path.to_string_lossy()).start();
+    let mut buffer = [0u8; 64];
+    let received = socket.recv(&mut buffer).expect("no readiness message within 20 s");
+    assert_eq!(&buffer[..received], b"READY=1\n");
+    // Ready means answering, on the rules from the file.
+    assert_eq!(service.auth_status(None, "GET", LIBRARY), 200);
+
+    // A rules file that does not load: the service stops, and never says it is ready.
+    let broken = Setup::new("grant pull on nothing to anonymous\n");
+    let broken_socket_path = broken.path("notify.sock");
+    let broken_socket = UnixDatagram::bind(&broken_socket_path).unwrap();
+    broken_socket.set_nonblocking(true).unwrap();
+    let broken = broken.env("NOTIFY_SOCKET", &broken_socket_path.to_string_lossy());
+    let (status, log) = broken.start_expecting_failure();
+    assert!(!status.success(), "{log}");
+    assert!(
+        broken_socket.recv(&mut buffer).is_err(),
+        "a service that did not start said READY"
+    );
+}

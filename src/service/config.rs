@@ -53,4 +53,6 @@ pub(crate) struct Config {
     pub bcrypt_concurrency: usize,
     pub login_cache: usize,
     pub max_connections: usize,
+    /// `[audit] file` / `--audit-log`: one JSON line per decision.
+    pub audit_file: Option<PathBuf>,
 }

@@ -53,6 +53,17 @@ async fn serve(config: Config) -> Result<(), StartError> {
             }
         }
     });
+    if let Some(audit) = app.audit.clone() {
+        let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(|source| StartError::Signal {
+            signal: "SIGUSR1",
+            source,
+        })?;
+        tokio::spawn(async move {
+            while sigusr1.recv().await.is_some() {
+                audit.reopen();
+            }
+        });
+    }
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| StartError::Signal {
         signal: "SIGTERM",
         source,
@@ -71,6 +82,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
         token_realm = config.token.as_ref().map_or("-", |t| t.realm.as_str()),
         "csel-auth ready"
     );
+    notify_ready();
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut accept_failures: u64 = 0;
@@ -135,6 +147,29 @@ async fn serve(config: Config) -> Result<(), StartError> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) that the service is ready: the rules and
+/// htpasswd files loaded and the listener is bound. Without `NOTIFY_SOCKET`
+/// (not started by systemd) it does nothing.
+fn notify_ready() {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let datagram = UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket.as_os_str());
+        let address = match bytes.strip_prefix(b"@") {
+            Some(name) => <SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(std::path::Path::new(&socket))?,
+        };
+        datagram.send_to_addr(b"READY=1\n", &address)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(target: "csel_auth::service", "cannot tell systemd the service is ready (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// The config file's settings are read once, at start: on SIGHUP, say which

@@ -31,6 +31,12 @@ pub(crate) enum StartError {
     Files(#[from] crate::reload::OpenError),
     #[error(transparent)]
     TokenKey(#[from] crate::token::TokenKeyError),
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    Audit {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--realm `{0}` cannot be sent in a header")]
     Realm(String),
     #[error(transparent)]
@@ -90,6 +96,8 @@ pub(crate) struct App {
     default_format: String,
     basic_challenge: HeaderValue,
     verified_tokens: token::VerifiedTokenCache,
+    /// `[audit] file`: one JSON line per decision, written off the request path.
+    pub(crate) audit: Option<crate::audit::AuditLog>,
 }
 
 /// Failed-login records kept (users, addresses, and both), about 20 MB at most.
@@ -164,6 +172,13 @@ impl App {
         let basic_challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
             .map_err(|_| StartError::Realm(realm.clone()))?;
         let throttle = Arc::new(LoginThrottle::new(THROTTLE_RECORDS));
+        let audit = match &config.audit_file {
+            None => None,
+            Some(path) => Some(crate::audit::AuditLog::open(path).map_err(|source| StartError::Audit {
+                path: path.clone(),
+                source,
+            })?),
+        };
         Ok(App {
             store,
             verifier: Verifier::with_limits(
@@ -179,6 +194,7 @@ impl App {
             default_format: config.default_format.clone(),
             basic_challenge,
             verified_tokens: token::VerifiedTokenCache::default(),
+            audit,
         })
     }
 
@@ -223,6 +239,16 @@ impl App {
                         "token_cache_hits_total",
                         "Bearer tokens answered from the verified-token cache.",
                         self.verified_tokens.hits(),
+                    ),
+                    (
+                        "audit_lines_total",
+                        "Decisions written to the audit log.",
+                        self.audit.as_ref().map_or(0, |a| a.stats().written.load(std::sync::atomic::Ordering::Relaxed)),
+                    ),
+                    (
+                        "audit_dropped_total",
+                        "Audit lines dropped (queue full, or the file could not be written); no decision waits for the audit log.",
+                        self.audit.as_ref().map_or(0, |a| a.stats().dropped.load(std::sync::atomic::Ordering::Relaxed)),
                     ),
                 ];
                 let mut text = self.metrics.render(&extra);
