@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
+use crate::kit::cases::expect_error_at;
 use csel_auth::access_keys::{AccessKeys, KeyCheck, Refusal};
 use sha2::{Digest, Sha256};
 
@@ -108,23 +109,7 @@ fn check_data_file(name: &str, text: &str) -> Result<(), String> {
                 }
             }
             "error" => {
-                let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
-                let errors = match &parsed {
-                    Ok(_) => return Err(format!("expected an error at {position}, but it loaded")),
-                    Err(e) => e,
-                };
-                let found = errors
-                    .0
-                    .iter()
-                    .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
-                if !found {
-                    return Err(format!(
-                        "expected an error at {position} containing `{wanted}`, got:\n{errors}"
-                    ));
-                }
-                if !errors.to_string().contains(&format!("--> {name}:{position}")) {
-                    return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
-                }
+                expect_error_at(name, parsed.as_ref().err(), rest)?;
             }
             "warning" => {
                 let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));

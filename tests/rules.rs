@@ -5,7 +5,7 @@
 use csel_auth::diagnostic::Diagnostics;
 use csel_auth::rules::{lint, LintOptions, Rules};
 
-use crate::kit::cases::files;
+use crate::kit::cases::{expect_error_at, files};
 
 /// Checks every `# expect:` line of the rules file `name`; an error starts with `name:LINE` of
 /// the expectation that does not hold.
@@ -35,23 +35,7 @@ fn check_expectation(name: &str, parsed: &Result<Rules, Diagnostics>, expectatio
             }
         }
         "error" => {
-            let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
-            let errors = match parsed {
-                Ok(_) => return Err(format!("expected an error at {position}, but it loaded")),
-                Err(e) => e,
-            };
-            let found = errors
-                .0
-                .iter()
-                .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
-            if !found {
-                return Err(format!(
-                    "expected an error at {position} containing `{wanted}`, got:\n{errors}"
-                ));
-            }
-            if !errors.to_string().contains(&format!("--> {name}:{position}")) {
-                return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
-            }
+            expect_error_at(name, parsed.as_ref().err(), rest)?;
         }
         "warning" => {
             let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));

@@ -203,3 +203,30 @@ pub fn attacks() -> Vec<Attack> {
     assert!(attacks.len() > 400, "only {} attacks in attacks.txt", attacks.len());
     attacks
 }
+
+/// The `# expect: error LINE:COLUMN TEXT` check of the data files: one of the
+/// diagnostics is at LINE:COLUMN and contains TEXT, and the printed errors
+/// point at `NAME:LINE:COLUMN`.
+pub fn expect_error_at(
+    name: &str,
+    errors: Option<&csel_auth::diagnostic::Diagnostics>,
+    rest: &str,
+) -> Result<(), String> {
+    let (position, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
+    let Some(errors) = errors else {
+        return Err(format!("expected an error at {position}, but it loaded"));
+    };
+    let found = errors
+        .0
+        .iter()
+        .any(|d| format!("{}:{}", d.line, d.column) == position && d.to_string().contains(wanted));
+    if !found {
+        return Err(format!(
+            "expected an error at {position} containing `{wanted}`, got:\n{errors}"
+        ));
+    }
+    if !errors.to_string().contains(&format!("--> {name}:{position}")) {
+        return Err(format!("the error does not show `{name}:{position}`:\n{errors}"));
+    }
+    Ok(())
+}
