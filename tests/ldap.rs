@@ -8,6 +8,8 @@ use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
 
 use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+
+mod service;
 use crate::kit::wait::eventually;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";

@@ -53,4 +53,8 @@ pub(crate) struct Config {
     pub bcrypt_concurrency: usize,
     pub login_cache: usize,
     pub max_connections: usize,
+    /// `[ldap]`, checked: users and groups also come from this directory.
+    pub ldap: Option<crate::identity::ldap::LdapSettings>,
+    /// `[[oidc]]`, checked: JWTs of these issuers are accepted as passwords.
+    pub oidc: Vec<crate::oidc::OidcSettings>,
 }

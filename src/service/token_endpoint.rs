@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::{denial, respond, single_header, App, Body, Single, X_REAL_IP};
 use crate::decision::{decide, AccessRequest};
+use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials};
 use crate::token::{self, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
 
@@ -70,6 +71,10 @@ impl App {
                 .insert(WWW_AUTHENTICATE, self.basic_challenge.clone());
             response
         };
+        let unavailable = |why: &str| {
+            tracing::debug!(target: "csel_auth::token", reason = why, "token not issued: login source unavailable");
+            denial(StatusCode::SERVICE_UNAVAILABLE)
+        };
         // The binding is the password entry as it was before the password was
         // checked: if the entry changes meanwhile, the token is born ended
         // (fails closed) rather than bound to an entry the password was not
@@ -88,10 +93,14 @@ impl App {
                     Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), scopes, false, None),
                     Ok(Credentials::Basic { user, password }) => {
                         let binding = fingerprint(&user);
-                        if !self.check_password(&user, &password, client).await {
-                            return unauthorized("wrong password or unknown user");
+                        match self.check_password(&user, &password, client).await {
+                            PasswordCheck::Accepted(login) => {
+                                let (identity, binding) = bound(login, binding);
+                                (identity, binding, scopes, offline_token, None)
+                            }
+                            PasswordCheck::Refused => return unauthorized("wrong password or unknown user"),
+                            PasswordCheck::Unavailable(why) => return unavailable(&why),
                         }
-                        (Identity::user(user), binding, scopes, offline_token, None)
                     }
                     _ => return unauthorized("unusable Authorization header"),
                 }
@@ -104,10 +113,14 @@ impl App {
                 ..
             } => {
                 let binding = fingerprint(&username);
-                if !self.check_password(&username, &password, client).await {
-                    return unauthorized("wrong password or unknown user");
+                match self.check_password(&username, &password, client).await {
+                    PasswordCheck::Accepted(login) => {
+                        let (identity, binding) = bound(login, binding);
+                        (identity, binding, scopes, access_type_offline, None)
+                    }
+                    PasswordCheck::Refused => return unauthorized("wrong password or unknown user"),
+                    PasswordCheck::Unavailable(why) => return unavailable(&why),
                 }
-                (Identity::user(username), binding, scopes, access_type_offline, None)
             }
             TokenRequest::RefreshGrant { .. } if !realm.refresh_tokens => {
                 self.metrics
@@ -229,4 +242,15 @@ impl App {
             })
             .collect()
     }
+}
+
+/// The token subject of a login and its binding: an htpasswd login is bound to its entry; a
+/// login from another source is bound to nothing here, so its token is refused at once rather
+/// than taken for an htpasswd user's.
+fn bound(login: LoggedIn, htpasswd_binding: String) -> (Identity, String) {
+    let binding = match login.source {
+        LoginSource::Htpasswd => htpasswd_binding,
+        LoginSource::Ldap | LoginSource::Oidc { .. } => String::new(),
+    };
+    (Identity::user(login.user), binding)
 }

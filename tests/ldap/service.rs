@@ -1,0 +1,192 @@
+//! LDAP logins through the real binary: `csel-auth serve` with an `[ldap]` section, a real slapd,
+//! and `/auth` subrequests. The rules name directory groups that the rules file does not define.
+
+use std::time::Duration;
+
+use crate::kit::process::Signal;
+use crate::kit::service::{CselAuth, Setup};
+use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+use crate::kit::wait::wait_for;
+
+use super::{GROUPS, PEOPLE};
+
+const RULES: &str = r#"
+group devs = carol
+grant push on (path =^ "/v2/devs/") to @devs
+grant pull on (path =^ "/v2/ops/") to @ops
+grant * on (path =^ "/v2/${user}/") to authenticated
+"#;
+
+const DEVS: &str = "/v2/devs/app/manifests/1";
+const OPS: &str = "/v2/ops/app/manifests/1";
+
+/// The service with `rules`, an htpasswd file holding `break-glass` and `alice` (its own
+/// password: the htpasswd entry wins), and `[ldap]` on `slapd` with `cache_ttl`.
+fn serve(slapd: &Slapd, rules: &str, cache_ttl: &str) -> CselAuth {
+    let setup = Setup::bare();
+    std::fs::write(setup.rules(), rules).unwrap();
+    let htpasswd = format!(
+        "break-glass:{}\nshadowed:{}\n",
+        crate::kit::bcrypt_hash("break-glass-password"),
+        crate::kit::bcrypt_hash("local-password"),
+    );
+    std::fs::write(setup.path("users.htpasswd"), htpasswd).unwrap();
+    std::fs::write(setup.path("ldap.password"), format!("{SERVICE_PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(
+        setup.path("ldap.password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let config = format!(
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[ldap]\nurl = {:?}\nbind_dn = {SERVICE_DN:?}\n\
+         bind_password_file = \"ldap.password\"\nuser_base = {PEOPLE:?}\ngroup_base = {GROUPS:?}\n\
+         cache_ttl = {cache_ttl:?}\ntimeout = \"2s\"\n",
+        slapd.url()
+    );
+    let path = setup.path("csel-auth.toml");
+    std::fs::write(&path, config).unwrap();
+    setup.config_file(path).start()
+}
+
+fn status(service: &CselAuth, uri: &str, user: &str, password: &str) -> u16 {
+    service.auth("GET", uri, Some((user, password))).status
+}
+
+fn put(service: &CselAuth, uri: &str, user: &str, password: &str) -> u16 {
+    service.auth("PUT", uri, Some((user, password))).status
+}
+
+#[test]
+fn directory_users_and_groups_decide_at_auth() {
+    let slapd = super::start();
+    // `shadowed` is in the directory too, with another password.
+    slapd
+        .modify(&format!(
+            "dn: uid=shadowed,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: shadowed\ncn: s\nsn: s\nuserPassword: ldap-password\n"
+        ))
+        .unwrap();
+    let service = serve(&slapd, RULES, "5m");
+
+    // alice is in the directory's devs (not in the file's): push there, not on ops.
+    let allowed = service.auth("PUT", DEVS, Some(("alice", "alice-pw")));
+    assert_eq!(allowed.status, 200, "{}", service.log());
+    assert_eq!(allowed.header("x-auth-user"), Some("alice"));
+    assert_eq!(status(&service, OPS, "alice", "alice-pw"), 403);
+    // bob is in ops: pull there, nothing on devs.
+    assert_eq!(status(&service, OPS, "bob", "bob-pw"), 200);
+    assert_eq!(put(&service, OPS, "bob", "bob-pw"), 403);
+    assert_eq!(status(&service, DEVS, "bob", "bob-pw"), 403);
+    // carol is a member of the file's devs: the union.
+    assert_eq!(put(&service, DEVS, "carol", "carol-pw"), 200);
+    // The directory's spelling of the name is the user: `${user}` is `alice`.
+    let spelled = service.auth("GET", "/v2/alice/x/manifests/1", Some(("Alice", "alice-pw")));
+    assert_eq!(spelled.status, 200);
+    assert_eq!(spelled.header("x-auth-user"), Some("alice"));
+
+    // Failed logins: wrong, empty, filter syntax.
+    assert_eq!(status(&service, DEVS, "alice", "wrong"), 401);
+    assert_eq!(status(&service, DEVS, "alice", ""), 401);
+    assert_eq!(status(&service, DEVS, "*", "alice-pw"), 401);
+    assert_eq!(status(&service, DEVS, "alice*", "alice-pw"), 401);
+    assert_eq!(status(&service, DEVS, "nobody", "alice-pw"), 401);
+
+    // An htpasswd user is decided by the file alone: the directory's password does not work.
+    assert_eq!(
+        status(&service, "/v2/shadowed/x/manifests/1", "shadowed", "ldap-password"),
+        401
+    );
+    assert_eq!(
+        status(&service, "/v2/shadowed/x/manifests/1", "shadowed", "local-password"),
+        200
+    );
+    assert_eq!(
+        status(
+            &service,
+            "/v2/break-glass/x/manifests/1",
+            "break-glass",
+            "break-glass-password"
+        ),
+        200
+    );
+}
+
+#[test]
+fn a_removed_membership_ends_after_the_ttl_and_at_once_after_sighup() {
+    let slapd = super::start();
+    let service = serve(&slapd, RULES, "2s");
+    assert_eq!(put(&service, DEVS, "alice", "alice-pw"), 200);
+    slapd
+        .modify(&format!(
+            "dn: cn=devs,{GROUPS}\nchangetype: modify\ndelete: member\nmember: uid=alice,{PEOPLE}\n"
+        ))
+        .unwrap();
+    // After the TTL, the directory is asked again.
+    wait_for(Duration::from_secs(15), "alice's cached devs membership to end", || {
+        (put(&service, DEVS, "alice", "alice-pw") == 403).then_some(())
+    });
+
+    // And with a long TTL, SIGHUP ends it at once.
+    let service = serve(&slapd, RULES, "1h");
+    assert_eq!(put(&service, OPS, "bob", "bob-pw"), 403);
+    assert_eq!(status(&service, OPS, "bob", "bob-pw"), 200);
+    slapd
+        .modify(&format!(
+            "dn: cn=ops,{GROUPS}\nchangetype: modify\nreplace: uniqueMember\nuniqueMember: uid=frank,{PEOPLE}\n"
+        ))
+        .unwrap();
+    assert_eq!(status(&service, OPS, "bob", "bob-pw"), 200, "cached for an hour");
+    service.signal(Signal::SIGHUP);
+    wait_for(Duration::from_secs(10), "SIGHUP to empty the LDAP cache", || {
+        (status(&service, OPS, "bob", "bob-pw") == 403).then_some(())
+    });
+}
+
+#[test]
+fn a_stopped_directory_serves_cached_logins_and_nothing_else_then_recovers() {
+    let mut slapd = super::start();
+    let service = serve(&slapd, RULES, "5m");
+    assert_eq!(put(&service, DEVS, "alice", "alice-pw"), 200);
+    slapd.stop();
+    // Cached: still allowed. Not cached: 503, never 200 nor 401.
+    assert_eq!(put(&service, DEVS, "alice", "alice-pw"), 200);
+    assert_eq!(status(&service, OPS, "bob", "bob-pw"), 503);
+    assert_eq!(status(&service, OPS, "bob", "wrong"), 503);
+    assert_eq!(put(&service, DEVS, "alice", "not-the-password"), 503);
+    // The htpasswd file needs no directory.
+    assert_eq!(
+        status(
+            &service,
+            "/v2/break-glass/x/manifests/1",
+            "break-glass",
+            "break-glass-password"
+        ),
+        200
+    );
+    slapd.restart().unwrap();
+    wait_for(Duration::from_secs(20), "LDAP logins to recover", || {
+        (status(&service, OPS, "bob", "bob-pw") == 200).then_some(())
+    });
+}
+
+#[test]
+fn a_group_the_rules_file_does_not_define_needs_an_identity_source() {
+    // Without [ldap], the same rules do not load: the service does not start.
+    let setup = Setup::new(RULES.replace("group devs = carol\n", "").as_str());
+    let (status, log) = setup.start_expecting_failure();
+    assert!(!status.success());
+    assert!(log.contains("unknown group `@devs`"), "{log}");
+}
+
+#[test]
+fn a_misconfigured_ldap_section_stops_the_start() {
+    let setup = Setup::new(RULES);
+    let path = setup.path("csel-auth.toml");
+    std::fs::write(
+        &path,
+        "rules = \"registry.rules\"\n[ldap]\nurl = \"http://x\"\nuser_base = \"dc=x\"\n",
+    )
+    .unwrap();
+    let (status, log) = setup.config_file(path).start_expecting_failure();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("[ldap]"), "{log}");
+}
