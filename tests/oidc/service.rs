@@ -1,0 +1,109 @@
+//! JWT logins through the real binary: `csel-auth serve` with an `[[oidc]]` section whose keys a
+//! JWKS server on 127.0.0.1 serves, and `/auth` subrequests carrying `Basic ANY:<JWT>`.
+
+use std::time::Duration;
+
+use crate::kit::jwks::{github_claims, jwks, JwksServer, SigningKey, AUDIENCE, GITHUB};
+use crate::kit::service::{CselAuth, Setup};
+use crate::kit::wait::wait_for;
+
+/// The GitHub repository `octo-org/app` may push to `ci/`; the group claim `deployers` (with the
+/// issuer's prefix) may pull from `prod/`.
+const RULES: &str = r#"
+grant push on (path =^ "/v2/ci/") to "github:octo-org/app"
+grant pull on (path =^ "/v2/prod/") to @"github:deployers"
+grant * on (path =^ "/v2/alice/") to alice
+"#;
+
+const CI: &str = "/v2/ci/app/manifests/1";
+
+fn serve(jwks_url: &str) -> CselAuth {
+    let setup = Setup::new(RULES);
+    let config = format!(
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[[oidc]]\nissuer = {GITHUB:?}\n\
+         audience = {AUDIENCE:?}\njwks_url = {jwks_url:?}\nusername_claim = \"repository\"\n\
+         username_prefix = \"github:\"\ngroups_claim = \"groups\"\n"
+    );
+    let path = setup.path("csel-auth.toml");
+    std::fs::write(&path, config).unwrap();
+    setup.config_file(path).start()
+}
+
+#[test]
+fn a_jwt_as_the_password_logs_in_as_the_issuers_subject() {
+    let key = SigningKey::rsa("gh-1");
+    let server = JwksServer::start(&jwks(&[&key.jwk]));
+    let service = serve(&server.url());
+    let token = key.sign(&github_claims("octo-org/app"));
+
+    // Any `-u` name: the token says who it is.
+    for typed in ["x", "octo-org", "github"] {
+        let response = service.auth("PUT", CI, Some((typed, &token)));
+        assert_eq!(response.status, 200, "{typed}: {}", service.log());
+        assert_eq!(response.header("x-auth-user"), Some("github:octo-org/app"));
+    }
+    assert_eq!(service.auth("DELETE", CI, Some(("x", &token))).status, 403);
+    assert_eq!(
+        service
+            .auth("GET", "/v2/alice/x/manifests/1", Some(("x", &token)))
+            .status,
+        403
+    );
+    assert_eq!(
+        service
+            .auth("GET", "/v2/prod/x/manifests/1", Some(("x", &token)))
+            .status,
+        403
+    );
+
+    // Groups from the token's claim reach the grants to that group.
+    let mut claims = github_claims("octo-org/other");
+    claims["groups"] = serde_json::json!(["deployers"]);
+    let deployer = key.sign(&claims);
+    assert_eq!(
+        service
+            .auth("GET", "/v2/prod/x/manifests/1", Some(("x", &deployer)))
+            .status,
+        200
+    );
+    assert_eq!(service.auth("PUT", CI, Some(("x", &deployer))).status, 403);
+
+    // A token signed by another key, an expired one, one for another audience: 401.
+    let stranger = SigningKey::rsa("gh-1");
+    assert_eq!(
+        service
+            .auth("GET", CI, Some(("x", &stranger.sign(&github_claims("octo-org/app")))))
+            .status,
+        401
+    );
+    let mut expired = github_claims("octo-org/app");
+    expired["exp"] = serde_json::json!(crate::kit::jwks::now() - 3600);
+    assert_eq!(service.auth("GET", CI, Some(("x", &key.sign(&expired)))).status, 401);
+    let mut elsewhere = github_claims("octo-org/app");
+    elsewhere["aud"] = serde_json::json!("other.example.com");
+    assert_eq!(service.auth("GET", CI, Some(("x", &key.sign(&elsewhere)))).status, 401);
+
+    // An htpasswd user is decided by the file alone, JWT or not; plain passwords still work.
+    assert_eq!(service.auth("GET", CI, Some(("alice", &token))).status, 401);
+    assert_eq!(service.auth_user("GET", "/v2/alice/x/manifests/1", "alice").status, 200);
+}
+
+#[test]
+fn keys_unavailable_at_start_fail_closed_then_recover() {
+    let key = SigningKey::rsa("gh-1");
+    let mut server = JwksServer::down(&jwks(&[&key.jwk]));
+    let service = serve(&server.url());
+    let token = key.sign(&github_claims("octo-org/app"));
+    let first = service.auth("PUT", CI, Some(("x", &token))).status;
+    assert!(first == 503 || first == 401, "got {first}");
+    server.resume();
+    wait_for(
+        Duration::from_secs(30),
+        "JWT logins once the keys can be fetched",
+        || {
+            let status = service.auth("PUT", CI, Some(("x", &token))).status;
+            assert!(matches!(status, 200 | 401 | 503), "got {status}");
+            (status == 200).then_some(())
+        },
+    );
+}
