@@ -190,9 +190,23 @@ impl App {
                         token_holder = true;
                         None
                     }
+                    // A user of another identity source: the token carries the source and its
+                    // groups, good for its short life while that source is still configured.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        source: Some(source),
+                        groups: token_groups,
+                        ..
+                    }) if self.source_configured(&source) => {
+                        token_holder = true;
+                        groups = token_groups;
+                        Some(user)
+                    }
                     Ok(token::CachedAccess {
                         identity: Identity { user: Some(user) },
                         binding,
+                        source: None,
+                        ..
                     }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
                         token_holder = true;
                         Some(user)
@@ -403,6 +417,18 @@ impl App {
                 self.failure_delay(user, client).await;
                 PasswordCheck::Refused
             }
+        }
+    }
+
+    /// Whether a token's `src` names an identity source the service still uses.
+    fn source_configured(&self, source: &str) -> bool {
+        match source.split_once(':') {
+            None => source == "ldap" && self.ldap.is_some(),
+            Some(("oidc", issuer)) => self
+                .oidc
+                .as_ref()
+                .is_some_and(|oidc| oidc.settings().any(|s| s.issuer() == issuer)),
+            Some(_) => false,
         }
     }
 

@@ -23,6 +23,10 @@ const OPS: &str = "/v2/ops/app/manifests/1";
 /// The service with `rules`, an htpasswd file holding `break-glass` and `alice` (its own
 /// password: the htpasswd entry wins), and `[ldap]` on `slapd` with `cache_ttl`.
 fn serve(slapd: &Slapd, rules: &str, cache_ttl: &str) -> CselAuth {
+    configured(slapd, rules, cache_ttl).start()
+}
+
+fn configured(slapd: &Slapd, rules: &str, cache_ttl: &str) -> Setup {
     let setup = Setup::bare();
     std::fs::write(setup.rules(), rules).unwrap();
     let htpasswd = format!(
@@ -45,7 +49,7 @@ fn serve(slapd: &Slapd, rules: &str, cache_ttl: &str) -> CselAuth {
     );
     let path = setup.path("csel-auth.toml");
     std::fs::write(&path, config).unwrap();
-    setup.config_file(path).start()
+    setup.config_file(path)
 }
 
 fn status(service: &CselAuth, uri: &str, user: &str, password: &str) -> u16 {
@@ -189,4 +193,64 @@ fn a_misconfigured_ldap_section_stops_the_start() {
     let (status, log) = setup.config_file(path).start_expecting_failure();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("[ldap]"), "{log}");
+}
+
+/// A token for `user` from `/token` with `scope`, or the response's status.
+fn token_for(service: &CselAuth, scope: &str, user: &str, password: &str) -> Result<String, u16> {
+    let credentials = crate::kit::basic(user, password);
+    let response = service.request(
+        "GET",
+        &format!("/token?service=test-registry&scope={scope}"),
+        &[("Authorization", &credentials)],
+        b"",
+    );
+    if response.status != 200 {
+        return Err(response.status);
+    }
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    Ok(body["token"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_directory_users_token_carries_its_groups_for_its_short_life() {
+    let mut slapd = super::start();
+    let keys = tempfile::tempdir().unwrap();
+    let service = configured(&slapd, RULES, "5m")
+        .token_realm(keys.path().join("token.key"))
+        .start();
+    let token = token_for(&service, "repository:devs/app:pull,push", "alice", "alice-pw").unwrap();
+    // alice is in htpasswd nowhere: the token is decided with the groups it carries.
+    assert_eq!(
+        service.auth_bearer("PUT", DEVS, &token).status,
+        200,
+        "{}",
+        service.log()
+    );
+    assert_eq!(
+        service.auth_bearer("GET", "/v2/alice/x/manifests/1", &token).status,
+        200
+    );
+    assert_eq!(
+        service.auth_bearer("GET", OPS, &token).status,
+        401,
+        "insufficient_scope"
+    );
+    // The token does not need the directory during its life.
+    slapd.stop();
+    assert_eq!(service.auth_bearer("PUT", DEVS, &token).status, 200);
+    // Wrong passwords get no token; a directory that cannot say gives 503, never a token.
+    assert_eq!(
+        token_for(&service, "repository:devs/app:pull", "bob", "bob-pw"),
+        Err(503)
+    );
+    slapd.restart().unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the directory to refuse a wrong password again",
+        || {
+            let answer = token_for(&service, "repository:devs/app:pull", "alice", "wrong");
+            assert!(matches!(answer, Err(401 | 503)), "{answer:?}");
+            (answer == Err(401)).then_some(())
+        },
+    );
 }

@@ -107,3 +107,40 @@ fn keys_unavailable_at_start_fail_closed_then_recover() {
         },
     );
 }
+
+#[test]
+fn a_token_for_a_jwt_ends_no_later_than_the_jwt() {
+    let key = SigningKey::rsa("gh-1");
+    let server = JwksServer::start(&jwks(&[&key.jwk]));
+    let setup = Setup::new(RULES);
+    let config = format!(
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[[oidc]]\nissuer = {GITHUB:?}\n\
+         audience = {AUDIENCE:?}\njwks_url = {:?}\nusername_claim = \"repository\"\n\
+         username_prefix = \"github:\"\n",
+        server.url()
+    );
+    let path = setup.path("csel-auth.toml");
+    std::fs::write(&path, config).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let service = setup
+        .config_file(path)
+        .token_realm(keys.path().join("token.key"))
+        .start();
+    let mut claims = github_claims("octo-org/app");
+    claims["exp"] = serde_json::json!(crate::kit::jwks::now() + 60);
+    let jwt = key.sign(&claims);
+    let credentials = crate::kit::basic("x", &jwt);
+    let response = service.request(
+        "GET",
+        "/token?service=test-registry&scope=repository:ci/app:pull,push",
+        &[("Authorization", &credentials)],
+        b"",
+    );
+    assert_eq!(response.status, 200, "{}", service.log());
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in <= 60, "expires_in {expires_in}: longer than the JWT");
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(service.auth_bearer("PUT", CI, token).status, 200);
+    assert_eq!(service.auth_bearer("GET", "/v2/alice/x/manifests/1", token).status, 401);
+}
