@@ -273,6 +273,12 @@ impl App {
                     &self.throttle,
                     self.store.htpasswd().disabled().len(),
                 ));
+                if let Some(ldap) = &self.ldap {
+                    text.push_str(&crate::metrics::render_ldap(&ldap.stats()));
+                }
+                if let Some(oidc) = &self.oidc {
+                    text.push_str(&crate::metrics::render_oidc(&oidc.stats()));
+                }
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,

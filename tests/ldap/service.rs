@@ -155,6 +155,10 @@ fn a_stopped_directory_serves_cached_logins_and_nothing_else_then_recovers() {
     assert_eq!(put(&service, DEVS, "alice", "alice-pw"), 200);
     assert_eq!(status(&service, OPS, "bob", "bob-pw"), 503);
     assert_eq!(status(&service, OPS, "bob", "wrong"), 503);
+    let metrics = service.get("/metrics").text();
+    assert!(metrics.contains("\ncsel_auth_ldap_up 0\n"), "{metrics}");
+    assert!(metrics.contains("\ncsel_auth_ldap_outages_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\ncsel_auth_ldap_cache_hits_total 1\n"), "{metrics}");
     assert_eq!(put(&service, DEVS, "alice", "not-the-password"), 503);
     // The htpasswd file needs no directory.
     assert_eq!(
@@ -170,6 +174,7 @@ fn a_stopped_directory_serves_cached_logins_and_nothing_else_then_recovers() {
     wait_for(Duration::from_secs(20), "LDAP logins to recover", || {
         (status(&service, OPS, "bob", "bob-pw") == 200).then_some(())
     });
+    assert!(service.get("/metrics").text().contains("\ncsel_auth_ldap_up 1\n"));
 }
 
 #[test]
@@ -253,4 +258,57 @@ fn a_directory_users_token_carries_its_groups_for_its_short_life() {
             (answer == Err(401)).then_some(())
         },
     );
+}
+
+#[test]
+fn check_and_explain_know_the_directory() {
+    let slapd = super::start();
+    let setup = configured(&slapd, RULES, "5m");
+    let dir = setup.dir().to_path_buf();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(crate::kit::service::binary())
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    // `@ops` is no group of the file: with [ldap] it names the directory's.
+    let (code, text) = run(&["check", "--config", "csel-auth.toml"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("[ldap] ldap://"), "{text}");
+    assert!(!text.contains("@ops"), "{text}");
+    let (code, text) = run(&["check", "registry.rules"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("unknown group `@ops`"), "{text}");
+
+    // explain reads alice's groups from the directory and decides with them.
+    let explain = |user: &str, method: &str| {
+        run(&[
+            "explain",
+            "--rules",
+            "registry.rules",
+            "--config",
+            "csel-auth.toml",
+            "--user",
+            user,
+            method,
+            DEVS,
+        ])
+    };
+    let (code, text) = explain("alice", "PUT");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("groups of `alice`: devs, engineering, platform"),
+        "{text}"
+    );
+    assert!(text.contains("identity source groups: devs"), "{text}");
+    let (code, text) = explain("bob", "PUT");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("ops"), "{text}");
 }

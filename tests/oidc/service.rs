@@ -86,6 +86,17 @@ fn a_jwt_as_the_password_logs_in_as_the_issuers_subject() {
     // An htpasswd user is decided by the file alone, JWT or not; plain passwords still work.
     assert_eq!(service.auth("GET", CI, Some(("alice", &token))).status, 401);
     assert_eq!(service.auth_user("GET", "/v2/alice/x/manifests/1", "alice").status, 200);
+
+    let metrics = service.get("/metrics").text();
+    let issuer = format!("{{issuer=\"{GITHUB}\"}}");
+    for line in [
+        format!("csel_auth_oidc_up{issuer} 1"),
+        format!("csel_auth_oidc_verified_total{issuer} 2"),
+        format!("csel_auth_oidc_refused_total{issuer} 3"),
+        format!("csel_auth_oidc_fetches_total{issuer} 1"),
+    ] {
+        assert!(metrics.contains(&format!("\n{line}\n")), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]
