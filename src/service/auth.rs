@@ -359,7 +359,10 @@ impl App {
     pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> PasswordCheck {
         let htpasswd = self.store.htpasswd();
         let federated = self.ldap.is_some() || self.oidc.is_some();
-        let local = htpasswd.contains(user) || htpasswd.is_disabled(user);
+        // A name under an issuer's prefix is that issuer's: only its JWTs log it in, so neither
+        // an htpasswd entry nor a directory entry can take a CI job's name and its grants.
+        let reserved = self.reserved_by_issuer(user);
+        let local = !reserved && (htpasswd.contains(user) || htpasswd.is_disabled(user));
         if !federated || local || user.len() > crate::identity::MAX_USER_NAME_BYTES {
             return self.check_htpasswd(user, password, client).await;
         }
@@ -387,6 +390,12 @@ impl App {
                 }
             }
         }
+        if reserved {
+            tracing::info!(target: "csel_auth::login", user, client = %shown(client), "login refused: the name is under a JWT issuer's username_prefix and the password is no JWT of it");
+            self.throttle.record_failure(user, client);
+            self.failure_delay(user, client).await;
+            return PasswordCheck::Refused;
+        }
         let Some(ldap) = &self.ldap else {
             // Nobody knows the user: the htpasswd check of an unknown user (same cost, throttled).
             return self.check_htpasswd(user, password, client).await;
@@ -397,6 +406,11 @@ impl App {
             return PasswordCheck::Refused;
         }
         match ldap.login(user, password).await {
+            Ok(login) if self.reserved_by_issuer(login.user()) => {
+                tracing::warn!(target: "csel_auth::login", user = login.user(), "LDAP login refused: the name is under a JWT issuer's username_prefix");
+                self.throttle.record_failure(user, client);
+                PasswordCheck::Refused
+            }
             Ok(login) => {
                 self.throttle.record_success(user, client);
                 PasswordCheck::Accepted(LoggedIn {
@@ -418,6 +432,13 @@ impl App {
                 PasswordCheck::Refused
             }
         }
+    }
+
+    /// Whether `name` starts with a JWT issuer's `username_prefix`.
+    fn reserved_by_issuer(&self, name: &str) -> bool {
+        self.oidc
+            .as_ref()
+            .is_some_and(|oidc| oidc.settings().any(|s| name.starts_with(s.username_prefix())))
     }
 
     /// Whether a token's `src` names an identity source the service still uses.

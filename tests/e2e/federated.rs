@@ -12,11 +12,12 @@ use crate::ldap::{GROUPS, PEOPLE};
 
 const DENIED: &str = "denied: requested access to the resource is denied";
 
-/// `@devs` is the directory's group (alice and frank; alice is also in the htpasswd file, which decides her logins); the GitHub repository `octo-org/app`
-/// pushes to `ci/`.
+/// `@devs` is the directory's group (alice and frank; alice is also in the htpasswd file, which
+/// decides her logins); every user pushes under its own name, a GitHub Actions job under
+/// `github/<owner>/<repository>/` (the issuer's `username_prefix` is `github/`).
 const RULES: &str = r#"
 grant push on (path =^ "/v2/devs/") to @devs
-grant push on (path =^ "/v2/ci/") to "github:octo-org/app"
+grant push on (path =^ "/v2/${user}/") to authenticated
 "#;
 
 #[test]
@@ -28,7 +29,7 @@ fn docker_logs_in_with_ldap_and_jwt_credentials() -> Result<()> {
         "[ldap]\nurl = {:?}\nbind_dn = {SERVICE_DN:?}\nbind_password_file = \"ldap.password\"\n\
          user_base = {PEOPLE:?}\ngroup_base = {GROUPS:?}\n\n\
          [[oidc]]\nissuer = {GITHUB:?}\naudience = {AUDIENCE:?}\njwks_url = {:?}\n\
-         username_claim = \"repository\"\nusername_prefix = \"github:\"\n",
+         username_claim = \"repository\"\nusername_prefix = \"github/\"\n",
         slapd.url(),
         jwks_server.url()
     );
@@ -87,16 +88,28 @@ fn docker_logs_in_with_ldap_and_jwt_credentials() -> Result<()> {
             &format!("[{mode}] docker login with a GitHub Actions JWT as the password"),
             || succeeded_with(ci.login(stack.nginx.addr(), "x", &jwt)?, "Login Succeeded"),
         )?;
-        let ci_image = stack.image("ci/app:1");
+        let ci_image = stack.image("github/octo-org/app/build:1");
         dockerd.import_tiny_image(&ci_image, &format!("CI push ({mode})\n"))?;
-        step(&format!("[{mode}] the JWT's repository pushes to ci/app"), || {
-            succeeded(ci.run(&["push", &ci_image])?)?;
-            ensure!(
-                stack.registry_has_manifest("ci/app", "1")?,
-                "no manifest after the push"
-            );
-            Ok(())
-        })?;
+        step(
+            &format!("[{mode}] the JWT's repository pushes under its own name"),
+            || {
+                succeeded(ci.run(&["push", &ci_image])?)?;
+                ensure!(
+                    stack.registry_has_manifest("github/octo-org/app/build", "1")?,
+                    "no manifest after the push"
+                );
+                Ok(())
+            },
+        )?;
+        let other = stack.image("github/octo-org/other/build:1");
+        dockerd.import_tiny_image(&other, &format!("CI push elsewhere ({mode})\n"))?;
+        step(
+            &format!("[{mode}] the JWT's repository cannot push under another's name"),
+            || {
+                failed_with_stderr(refused_at_once(ci.run(&["push", &other])?)?, DENIED)?;
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

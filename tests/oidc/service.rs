@@ -155,3 +155,52 @@ fn a_token_for_a_jwt_ends_no_later_than_the_jwt() {
     assert_eq!(service.auth_bearer("PUT", CI, token).status, 200);
     assert_eq!(service.auth_bearer("GET", "/v2/alice/x/manifests/1", token).status, 401);
 }
+
+/// With `username_prefix = "github/"`, names under the prefix belong to the issuer: an htpasswd
+/// entry of such a name cannot log in (it would take a CI job's grants), while the job's JWT
+/// pushes under `${user}`.
+#[test]
+fn a_slash_prefix_is_reserved_for_the_issuer_and_fits_repository_paths() {
+    let key = SigningKey::rsa("gh-1");
+    let server = JwksServer::start(&jwks(&[&key.jwk]));
+    let rules = "grant push on (path =^ \"/v2/${user}/\") to authenticated\n";
+    let htpasswd = format!(
+        "github/octo-org/app:{}\nalice:{}\n",
+        crate::kit::bcrypt_hash("squatter-password"),
+        crate::kit::bcrypt_hash(&crate::kit::password("alice"))
+    );
+    let setup = Setup::with_users(rules, &htpasswd);
+    let config = format!(
+        "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[[oidc]]\nissuer = {GITHUB:?}\n\
+         audience = {AUDIENCE:?}\njwks_url = {:?}\nusername_claim = \"repository\"\n\
+         username_prefix = \"github/\"\n",
+        server.url()
+    );
+    let path = setup.path("csel-auth.toml");
+    std::fs::write(&path, config).unwrap();
+    let service = setup.config_file(path).start();
+    let own = "/v2/github/octo-org/app/build/manifests/1";
+    let jwt = key.sign(&github_claims("octo-org/app"));
+    let response = service.auth("PUT", own, Some(("x", &jwt)));
+    assert_eq!(response.status, 200, "{}", service.log());
+    assert_eq!(response.header("x-auth-user"), Some("github/octo-org/app"));
+    assert_eq!(
+        service
+            .auth("PUT", "/v2/github/octo-org/other/manifests/1", Some(("x", &jwt)))
+            .status,
+        403
+    );
+    // The htpasswd entry under the prefix logs in no one; other entries are unaffected.
+    assert_eq!(
+        service
+            .auth("PUT", own, Some(("github/octo-org/app", "squatter-password")))
+            .status,
+        401
+    );
+    assert_eq!(service.auth_user("PUT", "/v2/alice/x/manifests/1", "alice").status, 200);
+    // And the typed name does not matter for a JWT, the prefix included.
+    assert_eq!(
+        service.auth("PUT", own, Some(("github/octo-org/app", &jwt))).status,
+        200
+    );
+}
