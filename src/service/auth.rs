@@ -380,7 +380,7 @@ impl App {
                     })
                 }
                 OidcCheck::Refused(why) => {
-                    tracing::info!(target: "csel_auth::login", client = %shown(client), "JWT refused: {why}");
+                    tracing::debug!(target: "csel_auth::login", client = %shown(client), "JWT refused: {why}");
                     self.throttle.record_failure(user, client);
                     self.failure_delay(user, client).await;
                     return PasswordCheck::Refused;
