@@ -312,3 +312,20 @@ fn check_and_explain_know_the_directory() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("ops"), "{text}");
 }
+
+#[test]
+fn a_directory_users_token_ends_when_the_directory_is_no_longer_configured() {
+    let slapd = super::start();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("token.key");
+    let own = "/v2/alice/x/manifests/1";
+    let with_ldap = configured(&slapd, RULES, "5m").token_realm(key.clone()).start();
+    let token = token_for(&with_ldap, "repository:alice/x:pull,push", "alice", "alice-pw").unwrap();
+    assert_eq!(with_ldap.auth_bearer("PUT", own, &token).status, 200);
+    drop(with_ldap);
+    // Same key, same rules for `${user}`, no [ldap]: the token names a source no longer in use.
+    let without = Setup::new("grant * on (path =^ \"/v2/${user}/\") to authenticated\n")
+        .token_realm(key)
+        .start();
+    assert_eq!(without.auth_bearer("PUT", own, &token).status, 401, "{}", without.log());
+}
