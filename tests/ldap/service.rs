@@ -329,3 +329,31 @@ fn a_directory_users_token_ends_when_the_directory_is_no_longer_configured() {
         .start();
     assert_eq!(without.auth_bearer("PUT", own, &token).status, 401, "{}", without.log());
 }
+
+#[test]
+fn a_directory_name_under_a_jwt_issuers_prefix_logs_in_no_one() {
+    let slapd = super::start();
+    slapd
+        .modify(&format!(
+            "dn: uid=github/octo-org/app,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: github/octo-org/app\ncn: s\nsn: s\nuserPassword: squat-pw\n"
+        ))
+        .unwrap();
+    let jwks_server = crate::kit::jwks::JwksServer::start(&crate::kit::jwks::jwks(&[]));
+    let setup = configured(&slapd, RULES, "5m");
+    let path = setup.path("csel-auth.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text += &format!(
+        "\n[[oidc]]\nissuer = {:?}\naudience = {:?}\njwks_url = {:?}\nusername_claim = \"repository\"\nusername_prefix = \"github/\"\n",
+        crate::kit::jwks::GITHUB,
+        crate::kit::jwks::AUDIENCE,
+        jwks_server.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    let service = setup.start();
+    let own = "/v2/github/octo-org/app/x/manifests/1";
+    // Typed as the directory has it, and typed otherwise (LDAP matching ignores case).
+    assert_eq!(status(&service, own, "github/octo-org/app", "squat-pw"), 401);
+    assert_eq!(status(&service, own, "GitHub/octo-org/app", "squat-pw"), 401);
+    // Other directory users are unaffected.
+    assert_eq!(put(&service, DEVS, "alice", "alice-pw"), 200);
+}
