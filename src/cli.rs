@@ -12,7 +12,7 @@ use crate::csel::{Expression, Facts};
 use crate::decision::{decide_and_answer, explain, AccessRequest, Answer, Credential, Explanation, GrantCheck};
 use crate::diagnostic::Diagnostic;
 use crate::identity::{Htpasswd, HtpasswdError};
-use crate::rules::{lint, LintOptions, LoadError, Rules};
+use crate::rules::{lint, LintOptions, LoadError, Rules, RulesOptions};
 use crate::service::StartError;
 
 #[derive(Parser)]
@@ -191,6 +191,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             "log format `{log_format}`: expected `text` or `json`"
         )));
     }
+    let (ldap, oidc) = identity_sources(&file)?;
     Ok(ServeSettings {
         config: crate::service::Config {
             config_file: args.config.clone().map(|path| (path, file.clone())),
@@ -206,6 +207,8 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             login_cache: args.login_cache.or(file.logins.cache).unwrap_or(10_000),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(4096),
             audit_file: args.audit_log.or(file.audit.clone().map(|section| section.file)),
+            ldap,
+            oidc,
         },
         access_keys: args
             .access_keys
@@ -213,6 +216,28 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
         log: args.log.or(file.log.filter.clone()).unwrap_or_else(|| "info".into()),
         log_format,
     })
+}
+
+/// The config file's `[ldap]` and `[[oidc]]` sections, checked.
+#[allow(clippy::type_complexity)]
+fn identity_sources(
+    file: &ConfigFile,
+) -> Result<
+    (
+        Option<crate::identity::ldap::LdapSettings>,
+        Vec<crate::oidc::OidcSettings>,
+    ),
+    Error,
+> {
+    let ldap = file
+        .ldap
+        .as_ref()
+        .map(crate::identity::ldap::LdapSettings::from_section)
+        .transpose()
+        .map_err(|e| Error::Settings(format!("[ldap]: {e}")))?;
+    let oidc =
+        crate::oidc::OidcSettings::from_sections(&file.oidc).map_err(|e| Error::Settings(format!("[[oidc]]: {e}")))?;
+    Ok((ldap, oidc))
 }
 
 fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
@@ -263,6 +288,14 @@ struct CheckArgs {
 struct ExplainArgs {
     #[arg(long)]
     rules: PathBuf,
+    /// The service's config file: with `[ldap]`, the user's groups are read from the directory
+    /// (service account only); with `[ldap]` or `[[oidc]]`, `@name` not defined in the rules
+    /// file names a group of that source.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A group an identity source (LDAP, OIDC) says the user is in (repeatable).
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
     #[arg(long)]
     htpasswd: Option<PathBuf>,
     /// The requesting user; anonymous when absent.
@@ -465,7 +498,24 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
         .ok_or_else(|| Error::checked(Error::NoRulesFile))?;
     let htpasswd_path = args.htpasswd.clone().or(file.htpasswd.clone());
     let token_mode = args.token_mode || file.token.is_some();
-    let rules = Rules::load(&rules_path).map_err(Error::checked)?;
+    let (ldap, oidc) = identity_sources(&file).map_err(Error::checked)?;
+    if let Some(ldap) = &ldap {
+        println!("[ldap] {}: ok", ldap.url());
+        for warning in ldap.warnings() {
+            println!("warning: [ldap]: {warning}");
+        }
+    }
+    for issuer in &oidc {
+        println!("[[oidc]] {}: ok", issuer.issuer());
+        for warning in issuer.warnings() {
+            println!("warning: [[oidc]] {}: {warning}", issuer.issuer());
+        }
+    }
+    // With an identity source, `@name` not defined in the file is one of its groups.
+    let options = RulesOptions {
+        external_groups: ldap.is_some() || !oidc.is_empty(),
+    };
+    let rules = Rules::load_with(&rules_path, options).map_err(Error::checked)?;
     let htpasswd = load_htpasswd(htpasswd_path.as_deref()).map_err(Error::checked)?;
     // A line that disables its user is an error here, though the service runs with the rest of
     // the file; the rules are still checked against the whole file.
@@ -506,9 +556,44 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
 }
 
 fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
-    let rules = Rules::load(&args.rules)?;
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let (ldap, oidc) = identity_sources(&file)?;
+    let options = RulesOptions {
+        external_groups: ldap.is_some() || !oidc.is_empty() || !args.groups.is_empty(),
+    };
+    let rules = Rules::load_with(&args.rules, options)?;
     let htpasswd = load_htpasswd(args.htpasswd.as_deref())?;
     let user = args.user.as_deref().filter(|u| *u != "anonymous");
+    let mut groups = args.groups.clone();
+    if let (Some(settings), Some(u)) = (ldap, user) {
+        if htpasswd.as_ref().is_some_and(|h| h.contains(u) || h.is_disabled(u)) {
+            println!("note: `{u}` is in the htpasswd file: the service decides its logins there, without LDAP groups");
+        } else {
+            let directory = crate::identity::ldap::Directory::new(settings);
+            let looked_up = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Settings(format!("cannot start the async runtime: {e}")))?
+                .block_on(directory.groups_of(u));
+            match looked_up {
+                Ok(found) => {
+                    println!(
+                        "ldap:     groups of `{u}`: {}",
+                        if found.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            found.join(", ")
+                        }
+                    );
+                    groups.extend(found);
+                }
+                Err(e) => println!("note: LDAP groups of `{u}` not read: {e}"),
+            }
+        }
+    }
     if let (Some(h), Some(u)) = (&htpasswd, user) {
         if h.is_disabled(u) {
             println!("note: `{u}` is disabled in the htpasswd file (its line has an error): the service would answer 401 before any rule");
@@ -523,7 +608,8 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
         content_type: args.content_type.as_deref(),
     };
     let credential = args.token.credential(user);
-    let explanation = explain(&rules, user, credential, args.token.token_mode, &request);
+    let subject = crate::decision::Subject { user, groups: &groups };
+    let explanation = explain(&rules, &subject, credential, args.token.token_mode, &request);
     print_explanation(&explanation, &args.method);
     Ok(Conclusion::from(explanation.answer == Answer::Allow))
 }
@@ -535,6 +621,9 @@ fn print_explanation(e: &Explanation, method: &str) {
         None => println!("subject:  anonymous"),
         Some(u) if e.groups.is_empty() => println!("subject:  {u} (no groups)"),
         Some(u) => println!("subject:  {u} (groups: {})", e.groups.join(", ")),
+    }
+    if e.user.is_some() && !e.external_groups.is_empty() {
+        println!("          identity source groups: {}", e.external_groups.join(", "));
     }
     match d.action {
         Some(a) => println!("action:   {a} ({method})"),

@@ -155,6 +155,21 @@ pub(crate) fn answer(decision: &Decision, credential: Credential, token_mode: bo
     }
 }
 
+/// Who a request is decided for: a user (`None`: anonymous) and the groups an identity source
+/// (LDAP, OIDC) says the user is in, on top of the rules file's own groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user: Option<&'a str>,
+    pub groups: &'a [String],
+}
+
+impl<'a> Subject<'a> {
+    /// A user with the rules file's groups only.
+    pub fn local(user: Option<&'a str>) -> Subject<'a> {
+        Subject { user, groups: &[] }
+    }
+}
+
 /// [`decide`], then [`answer`]. A token holder, anonymous too, may always
 /// ping `/v2/`: docker pings with the token it just fetched before it pulls.
 pub fn decide_and_answer(
@@ -164,7 +179,18 @@ pub fn decide_and_answer(
     token_mode: bool,
     request: &AccessRequest,
 ) -> (Decision, Answer) {
-    let mut decision = decide(rules, user, request);
+    decide_and_answer_for(rules, &Subject::local(user), credential, token_mode, request)
+}
+
+/// [`decide_and_answer`] for a subject with groups from an identity source.
+pub fn decide_and_answer_for(
+    rules: &Rules,
+    subject: &Subject,
+    credential: Credential,
+    token_mode: bool,
+    request: &AccessRequest,
+) -> (Decision, Answer) {
+    let mut decision = decide_for(rules, subject, request);
     if credential == Credential::Token && !decision.allowed && decision.docker == Some(DockerRoute::Base) {
         decision.allowed = true;
         decision.reason = Reason::PingForUsers;
@@ -185,6 +211,14 @@ fn deny(reason: Reason) -> Decision {
 
 /// Decides one request for `user` (`None`: anonymous).
 pub fn decide(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Decision {
+    decide_for(rules, &Subject::local(user), request)
+}
+
+/// Decides one request for a subject with groups from an identity source. Those groups count
+/// only for a user: anonymous has none.
+pub fn decide_for(rules: &Rules, subject: &Subject, request: &AccessRequest) -> Decision {
+    let user = subject.user;
+    let groups = if user.is_some() { subject.groups } else { &[] };
     let target = match canonicalize(request.uri, request.format) {
         Ok(target) => target,
         Err(rejection) => return deny(Reason::BadPath(rejection)),
@@ -206,12 +240,12 @@ pub fn decide(rules: &Rules, user: Option<&str>, request: &AccessRequest) -> Dec
         user,
     };
 
-    if let Some(reason) = docker_refusal(rules, user, request, &target) {
+    if let Some(reason) = docker_refusal(rules, user, groups, request, &target) {
         decision.reason = reason;
     } else if user.is_some() && target.docker == Some(DockerRoute::Base) {
         decision.allowed = true;
         decision.reason = Reason::PingForUsers;
-    } else if let Some(grant) = rules.find_grant(user, action, &facts) {
+    } else if let Some(grant) = rules.find_grant_for(user, groups, action, &facts) {
         decision.allowed = true;
         decision.reason = granted(grant);
     }
@@ -231,6 +265,7 @@ fn granted(grant: &Grant) -> Reason {
 fn docker_refusal(
     rules: &Rules,
     user: Option<&str>,
+    groups: &[String],
     request: &AccessRequest,
     target: &crate::request::RequestTarget,
 ) -> Option<Reason> {
@@ -251,7 +286,7 @@ fn docker_refusal(
                 method: "GET",
                 user,
             };
-            match rules.find_grant(user, Action::Read, &facts) {
+            match rules.find_grant_for(user, groups, Action::Read, &facts) {
                 Some(_) => None,
                 None => Some(Reason::MountSourceDenied { from: mount.from }),
             }
@@ -312,7 +347,10 @@ pub(crate) struct Explanation {
     /// What the service would answer.
     pub answer: Answer,
     pub user: Option<String>,
+    /// The rules file's groups of the user.
     pub groups: Vec<String>,
+    /// The groups an identity source (LDAP, OIDC) gave.
+    pub external_groups: Vec<String>,
     /// Grants that allowed the request (all of them, not only the first).
     pub matched: Vec<GrantCheck>,
     /// When denied: the grants that came closest, closest first.
@@ -326,18 +364,21 @@ const CLOSEST_SHOWN: usize = 5;
 /// match.
 pub(crate) fn explain(
     rules: &Rules,
-    user: Option<&str>,
+    subject: &Subject,
     credential: Credential,
     token_mode: bool,
     request: &AccessRequest,
 ) -> Explanation {
-    let (decision, answer) = decide_and_answer(rules, user, credential, token_mode, request);
+    let user = subject.user;
+    let external: &[String] = if user.is_some() { subject.groups } else { &[] };
+    let (decision, answer) = decide_and_answer_for(rules, subject, credential, token_mode, request);
     let mut explanation = Explanation {
         answer,
         user: user.map(str::to_string),
         groups: user
             .map(|u| rules.groups_of(u).map(str::to_string).collect())
             .unwrap_or_default(),
+        external_groups: external.to_vec(),
         matched: Vec::new(),
         closest: Vec::new(),
         decision,
@@ -354,7 +395,7 @@ pub(crate) fn explain(
     let mut checks: Vec<GrantCheck> = rules
         .grants()
         .iter()
-        .map(|g| check_grant(rules, g, user, action, &facts))
+        .map(|g| check_grant(rules, g, user, external, action, &facts))
         .collect();
     let (matched, mut missed): (Vec<_>, Vec<_>) = checks.drain(..).partition(GrantCheck::matched);
     explanation.matched = matched;
@@ -366,11 +407,18 @@ pub(crate) fn explain(
     explanation
 }
 
-fn check_grant(rules: &Rules, grant: &Grant, user: Option<&str>, action: Action, facts: &Facts) -> GrantCheck {
+fn check_grant(
+    rules: &Rules,
+    grant: &Grant,
+    user: Option<&str>,
+    groups: &[String],
+    action: Action,
+    facts: &Facts,
+) -> GrantCheck {
     GrantCheck {
         line: grant.line,
         grant: grant.text.clone(),
-        subject_ok: grant.subjects.iter().any(|s| rules.subject_includes(s, user)),
+        subject_ok: grant.subjects.iter().any(|s| rules.subject_includes(s, user, groups)),
         action_ok: grant.actions.contains(action),
         targets: grant
             .targets
@@ -525,5 +573,78 @@ grant * on * to @admins
                 "{user:?} {credential:?} token mode {token_mode}: {method} {uri}"
             );
         }
+    }
+
+    const FEDERATED: &str = r#"
+group ops = alice
+grant push on (path =^ "/v2/ops/") to @ops
+grant pull on (path =^ "/v2/dev/") to @developers
+"#;
+
+    fn federated(user: Option<&str>, groups: &[&str], method: &str, uri: &str) -> bool {
+        let rules = Rules::parse_with(
+            "t.rules",
+            FEDERATED,
+            crate::rules::RulesOptions { external_groups: true },
+        )
+        .unwrap();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let request = AccessRequest {
+            method,
+            uri,
+            format: "docker",
+            content_type: None,
+        };
+        decide_for(&rules, &Subject { user, groups: &groups }, &request).allowed
+    }
+
+    #[test]
+    fn undefined_groups_need_an_identity_source() {
+        let error = Rules::parse("t.rules", FEDERATED).unwrap_err().to_string();
+        assert!(error.contains("unknown group `@developers`"), "{error}");
+    }
+
+    #[test]
+    fn identity_source_groups_reach_their_grants_only() {
+        let dev = "/v2/dev/app/manifests/1";
+        let ops = "/v2/ops/app/manifests/1";
+        assert!(federated(Some("carol"), &["developers"], "GET", dev));
+        assert!(!federated(Some("carol"), &["developers"], "PUT", dev));
+        // Another user, or the same one without the group, gets nothing from it.
+        assert!(!federated(Some("dave"), &[], "GET", dev));
+        assert!(!federated(Some("carol"), &["developer"], "GET", dev));
+        // Anonymous has no groups, whatever is passed.
+        assert!(!federated(None, &["developers"], "GET", dev));
+        // Union: the local member and the source's member of `ops`.
+        assert!(federated(Some("alice"), &[], "PUT", ops));
+        assert!(federated(Some("bob"), &["ops"], "PUT", ops));
+        assert!(!federated(Some("bob"), &["developers"], "PUT", ops));
+        // The short form sees no source groups.
+        let rules = Rules::parse_with(
+            "t.rules",
+            FEDERATED,
+            crate::rules::RulesOptions { external_groups: true },
+        )
+        .unwrap();
+        let request = AccessRequest {
+            method: "GET",
+            uri: dev,
+            format: "docker",
+            content_type: None,
+        };
+        assert!(!decide(&rules, Some("carol"), &request).allowed);
+        let explained = explain(
+            &rules,
+            &Subject {
+                user: Some("carol"),
+                groups: &["developers".to_string()],
+            },
+            Credential::Basic,
+            false,
+            &request,
+        );
+        assert!(explained.decision.allowed);
+        assert_eq!(explained.external_groups, ["developers"]);
+        assert_eq!(explained.matched.len(), 1);
     }
 }

@@ -357,3 +357,164 @@ pub(crate) fn render_logins(verifier: &Verifier, throttle: &LoginThrottle, disab
     );
     out
 }
+
+/// The series of the LDAP directory (`[ldap]`).
+pub(crate) fn render_ldap(stats: &crate::identity::ldap::LdapStats) -> String {
+    let mut out = String::new();
+    let gauges = [
+        (
+            "ldap_up",
+            "1 while the LDAP directory answers, 0 during an outage.",
+            u64::from(stats.up),
+        ),
+        (
+            "ldap_cached_logins",
+            "Confirmed LDAP logins in the cache.",
+            stats.cached_logins as u64,
+        ),
+        (
+            "ldap_logins_in_flight",
+            "LDAP logins being asked of the directory.",
+            stats.logins_in_flight as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        write_family(&mut out, name, help, Kind::Gauge, &[("", value)]);
+    }
+    let counters = [
+        (
+            "ldap_logins_total",
+            "LDAP logins checked (cached or not).",
+            stats.logins,
+        ),
+        (
+            "ldap_cache_hits_total",
+            "LDAP logins answered from the cache.",
+            stats.cache_hits,
+        ),
+        (
+            "ldap_shared_total",
+            "LDAP logins answered by waiting for the same login already asked.",
+            stats.shared,
+        ),
+        (
+            "ldap_refused_total",
+            "LDAP logins refused: wrong user name or password.",
+            stats.refused,
+        ),
+        (
+            "ldap_requests_total",
+            "Operations sent to the directory (binds and searches).",
+            stats.requests,
+        ),
+        (
+            "ldap_errors_total",
+            "Directory operations that failed (down, timeout, TLS, error answers).",
+            stats.errors,
+        ),
+        (
+            "ldap_outages_total",
+            "Times the directory went from answering to not answering.",
+            stats.outages,
+        ),
+    ];
+    for (name, help, value) in counters {
+        write_family(&mut out, name, help, Kind::Counter, &[("", value)]);
+    }
+    out
+}
+
+/// The series of the JWT issuers (`[[oidc]]`), one sample per issuer.
+pub(crate) fn render_oidc(stats: &crate::oidc::OidcStats) -> String {
+    let mut out = String::new();
+    write_family(
+        &mut out,
+        "oidc_cached_tokens",
+        "Verified JWTs in the cache.",
+        Kind::Gauge,
+        &[("", stats.cached_tokens as u64)],
+    );
+    let labels: Vec<String> = stats
+        .issuers
+        .iter()
+        .map(|i| format!("issuer=\"{}\"", escape_label(&i.issuer)))
+        .collect();
+    type Field = fn(&crate::oidc::IssuerStats) -> u64;
+    let families: [(&str, &str, Kind, Field); 10] = [
+        (
+            "oidc_up",
+            "1 while the issuer's keys are in hand, 0 otherwise.",
+            Kind::Gauge,
+            |i| u64::from(i.up),
+        ),
+        (
+            "oidc_keys",
+            "Keys in the issuer's key set in force.",
+            Kind::Gauge,
+            |i| i.keys as u64,
+        ),
+        (
+            "oidc_key_set_age_seconds",
+            "Age of the issuer's key set in force (0: none yet).",
+            Kind::Gauge,
+            |i| i.key_set_age.map_or(0, |age| age.as_secs()),
+        ),
+        (
+            "oidc_fetches_total",
+            "Fetches of the issuer's key set.",
+            Kind::Counter,
+            |i| i.fetches,
+        ),
+        (
+            "oidc_fetch_errors_total",
+            "Fetches of the issuer's key set that failed.",
+            Kind::Counter,
+            |i| i.fetch_errors,
+        ),
+        (
+            "oidc_fetches_limited_total",
+            "Early fetches (unknown kid) the rate limit held back.",
+            Kind::Counter,
+            |i| i.fetches_limited,
+        ),
+        (
+            "oidc_verified_total",
+            "JWTs whose signature and claims were checked and accepted.",
+            Kind::Counter,
+            |i| i.verified,
+        ),
+        (
+            "oidc_cache_hits_total",
+            "JWTs answered from the cache.",
+            Kind::Counter,
+            |i| i.cache_hits,
+        ),
+        (
+            "oidc_refused_total",
+            "JWTs refused (signature, claims, algorithm, key).",
+            Kind::Counter,
+            |i| i.refused,
+        ),
+        (
+            "oidc_unavailable_total",
+            "JWTs not checked: the issuer's keys could not be had.",
+            Kind::Counter,
+            |i| i.unavailable,
+        ),
+    ];
+    for (name, help, kind, field) in families {
+        let samples: Vec<(&str, u64)> = stats
+            .issuers
+            .iter()
+            .zip(&labels)
+            .map(|(issuer, label)| (label.as_str(), field(issuer)))
+            .collect();
+        write_family(&mut out, name, help, kind, &samples);
+    }
+    out
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::{Htpasswd, HtpasswdError};
 use crate::metrics::{Metrics, Watched};
-use crate::rules::{LoadError, Rules};
+use crate::rules::{LoadError, Rules, RulesOptions};
 
 /// How long a file's content must stay the same before it is parsed.
 const SETTLE: Duration = Duration::from_millis(15);
@@ -147,11 +147,12 @@ impl Store {
     pub(crate) fn open(
         rules_path: &Path,
         htpasswd_path: Option<&Path>,
+        rules_options: RulesOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Store, OpenError> {
         let rules_before = fingerprint_of(rules_path);
         let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
-        let rules = Rules::load(rules_path)?;
+        let rules = Rules::load_with(rules_path, rules_options)?;
         let htpasswd = match htpasswd_path {
             Some(p) => Htpasswd::load(p)?,
             None => Htpasswd::empty(),
@@ -294,7 +295,7 @@ impl Store {
         let shown = path.display().to_string();
         let result = match which {
             Watched::Rules => match std::str::from_utf8(&bytes) {
-                Ok(text) => Rules::parse(&shown, text)
+                Ok(text) => Rules::parse_with(&shown, text, self.rules.load().options())
                     .map(|r| self.rules.store(Arc::new(r)))
                     .map_err(|e| e.to_string()),
                 Err(_) => Err(format!("{shown}: the rules file is not valid UTF-8")),

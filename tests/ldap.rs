@@ -8,10 +8,12 @@ use csel_auth::config::ConfigFile;
 use csel_auth::ldap::{Directory, LdapError, LdapSettings, MAX_NESTING};
 
 use crate::kit::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
+
+mod service;
 use crate::kit::wait::eventually;
 
-const PEOPLE: &str = "ou=people,dc=example,dc=org";
-const GROUPS: &str = "ou=groups,dc=example,dc=org";
+pub(crate) const PEOPLE: &str = "ou=people,dc=example,dc=org";
+pub(crate) const GROUPS: &str = "ou=groups,dc=example,dc=org";
 const ALICE_DN: &str = "uid=alice,ou=people,dc=example,dc=org";
 /// Groups chained one inside the next, deeper than the nesting limit.
 const CHAIN: usize = MAX_NESTING + 4;
@@ -76,7 +78,7 @@ fn data() -> String {
     ldif
 }
 
-fn start() -> Slapd {
+pub(crate) fn start() -> Slapd {
     let slapd = Slapd::start(&data()).unwrap();
     slapd
         .modify(&format!(

@@ -5,6 +5,8 @@
 
 use crate::kit::jwks as kit;
 
+mod service;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};

@@ -1,9 +1,10 @@
 //! Rules files as data: each file in `tests/data/rules/` says what it
 //! expects in `# expect:` lines — `ok`, `error LINE:COLUMN TEXT` (every one
-//! listed must be reported) or `warning LINE TEXT` (from `check`).
+//! listed must be reported) or `warning LINE TEXT` (from `check`). A file with the line
+//! `# options: external-groups` is loaded as with an identity source (LDAP, OIDC) configured.
 
 use csel_auth::diagnostic::Diagnostics;
-use csel_auth::rules::{lint, LintOptions, Rules};
+use csel_auth::rules::{lint, LintOptions, Rules, RulesOptions};
 
 use crate::kit::cases::{expect_error_at, files};
 
@@ -18,7 +19,10 @@ fn check_file(name: &str, text: &str) -> Result<(), String> {
     if expectations.is_empty() {
         return Err(format!("{name}: no `# expect:` line"));
     }
-    let parsed = Rules::parse(name, text);
+    let options = RulesOptions {
+        external_groups: text.lines().any(|l| l == "# options: external-groups"),
+    };
+    let parsed = Rules::parse_with(name, text, options);
     for (line, expectation) in expectations {
         check_expectation(name, &parsed, expectation).map_err(|why| format!("{name}:{line}: {why}"))?;
     }

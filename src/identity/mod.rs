@@ -21,6 +21,7 @@ mod authorization;
 mod fixtures;
 mod htpasswd;
 pub mod ldap;
+pub(crate) mod login;
 mod login_cache;
 pub(crate) mod throttle;
 mod verifier;

@@ -321,11 +321,13 @@ impl OidcSettings {
     /// Things that work but are probably not meant, for `check` and the start-up log.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if !self.username_prefix.contains(':') {
+        // `/` at the end: csel-auth reserves the prefix (no htpasswd or LDAP user whose name
+        // starts with it can log in), and the names fit a repository path (`${user}`).
+        if !self.username_prefix.contains(':') && !self.username_prefix.ends_with('/') {
             warnings.push(format!(
-                "[[oidc]] issuer = {:?}: username_prefix {:?} has no ':', so a name from this issuer could \
-                 also be a Basic login name (which never contains ':'); a prefix such as \"github:\" rules \
-                 that out",
+                "[[oidc]] issuer = {:?}: username_prefix {:?} has no ':' and does not end with '/', so a name \
+                 from this issuer could run into another's; a prefix such as \"github/\" (usable in \
+                 repository paths) or \"github:\" rules that out",
                 self.issuer, self.username_prefix
             ));
         }
@@ -564,13 +566,15 @@ mod tests {
         assert!(error(&s).contains("white space"), "{}", error(&s));
         s.username_prefix = Some("x".repeat(65));
         assert!(error(&s).contains("longer than 64"), "{}", error(&s));
-        s.username_prefix = Some("ci/".into());
+        s.username_prefix = Some("ci-".into());
         let settings = OidcSettings::from_section(&s).unwrap();
         assert!(
             settings.warnings()[0].contains("has no ':'"),
             "{:?}",
             settings.warnings()
         );
+        s.username_prefix = Some("ci/".into());
+        assert_eq!(OidcSettings::from_section(&s).unwrap().warnings(), Vec::<String>::new());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use pest::iterators::Pair;
 use pest::Parser;
 
-use super::{ActionSet, Grant, GrantIndex, GroupDef, Member, Rules, SelectorDef, Subject, Target};
+use super::{ActionSet, Grant, GrantIndex, GroupDef, Member, Rules, RulesOptions, SelectorDef, Subject, Target};
 use crate::csel::{build_expression, check_nesting, BuildContext, Expression};
 use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
 use crate::grammar::{Grammar, Rule};
@@ -24,14 +24,14 @@ use crate::grammar::{Grammar, Rule};
 /// Statements are parsed in batches of about this many bytes of text.
 const BATCH_BYTES: usize = 64 * 1024;
 
-pub(super) fn build(file: &str, text: &str) -> Result<Rules, Diagnostics> {
-    build_in_batches(file, text, BATCH_BYTES)
+pub(super) fn build(file: &str, text: &str, options: RulesOptions) -> Result<Rules, Diagnostics> {
+    build_in_batches(file, text, BATCH_BYTES, options)
 }
 
-fn build_in_batches(file: &str, text: &str, batch_bytes: usize) -> Result<Rules, Diagnostics> {
+fn build_in_batches(file: &str, text: &str, batch_bytes: usize, options: RulesOptions) -> Result<Rules, Diagnostics> {
     check_nesting(file, text, true)?;
     let scanned = batches(text, &scan_statements(text), batch_bytes);
-    if let Ok(result) = Builder::run(file, text, &scanned) {
+    if let Ok(result) = Builder::run(file, text, &scanned, options) {
         return result;
     }
     // The exact syntax error, or the statement boundaries the scan got wrong.
@@ -51,7 +51,7 @@ fn build_in_batches(file: &str, text: &str, batch_bytes: usize) -> Result<Rules,
             })
             .collect::<Vec<_>>()
     };
-    match Builder::run(file, text, &batches(text, &starts, batch_bytes)) {
+    match Builder::run(file, text, &batches(text, &starts, batch_bytes), options) {
         Ok(result) => result,
         // Each statement parsed whole also parses alone; should that ever fail, report it.
         Err(unparsable) => {
@@ -183,12 +183,21 @@ struct Builder {
     group_by_name: HashMap<String, usize>,
     grants: Vec<Grant>,
     index: GrantIndex,
+    options: RulesOptions,
 }
 
 impl Builder {
     /// Definitions first, then grants; each batch is parsed once and dropped before the next.
-    fn run(file: &str, text: &str, batches: &[Batch]) -> Result<Result<Rules, Diagnostics>, Box<Unparsable>> {
-        let mut builder = Builder::default();
+    fn run(
+        file: &str,
+        text: &str,
+        batches: &[Batch],
+        options: RulesOptions,
+    ) -> Result<Result<Rules, Diagnostics>, Box<Unparsable>> {
+        let mut builder = Builder {
+            options,
+            ..Builder::default()
+        };
         for pass in [Kind::Definition, Kind::Grant] {
             if pass == Kind::Grant {
                 builder.index.by_group = vec![Vec::new(); builder.groups.len()];
@@ -373,7 +382,9 @@ impl Builder {
                                 continue;
                             };
                             let name = name_text(&name_pair);
-                            if self.group_by_name.contains_key(&name) {
+                            // With an identity source, a name the file does not define is one of
+                            // the source's groups.
+                            if self.group_by_name.contains_key(&name) || self.options.external_groups {
                                 subjects.push(Subject::Group(name));
                             } else {
                                 let mut d = ctx.error_at(&subject, format!("unknown group `@{name}`"));
@@ -406,6 +417,9 @@ impl Builder {
                     if let Some(i) = self.group_by_name.get(g) {
                         self.index.by_group[*i].push(number);
                     }
+                    if self.options.external_groups {
+                        self.index.by_group_name.entry(g.clone()).or_default().push(number);
+                    }
                 }
             }
         }
@@ -420,7 +434,13 @@ impl Builder {
     }
 
     fn finish(mut self, file: &str, text: &str) -> Result<Rules, Diagnostics> {
-        for list in self.index.by_user.values_mut().chain(self.index.by_group.iter_mut()) {
+        for list in self
+            .index
+            .by_user
+            .values_mut()
+            .chain(self.index.by_group.iter_mut())
+            .chain(self.index.by_group_name.values_mut())
+        {
             list.dedup();
         }
         if !self.errors.is_empty() {
@@ -441,6 +461,7 @@ impl Builder {
             groups_of_user,
             grants: self.grants,
             index: self.index,
+            options: self.options,
         })
     }
 }
@@ -488,16 +509,20 @@ mod tests {
             include_str!("../../examples/personal.rules"),
         ];
         for text in texts {
-            let whole = debug(build_in_batches("t.rules", text, usize::MAX));
+            let whole = debug(build_in_batches("t.rules", text, usize::MAX, RulesOptions::default()));
             for batch_bytes in [1, 40, 200] {
-                assert_eq!(debug(build_in_batches("t.rules", text, batch_bytes)), whole, "{text}");
+                assert_eq!(
+                    debug(build_in_batches("t.rules", text, batch_bytes, RulesOptions::default())),
+                    whole,
+                    "{text}"
+                );
             }
         }
     }
 
     #[test]
     fn positions_are_those_of_the_file() {
-        let rules = match build_in_batches("t.rules", TRICKY, 1) {
+        let rules = match build_in_batches("t.rules", TRICKY, 1, RulesOptions::default()) {
             Ok(rules) => rules,
             Err(e) => panic!("{e}"),
         };
@@ -529,15 +554,22 @@ mod tests {
             "group g = anonymous\ngrant pull on (path =~ \"(?=x)\") to g",
         ];
         for text in broken {
-            let whole = debug(build_in_batches("t.rules", text, usize::MAX));
+            let whole = debug(build_in_batches("t.rules", text, usize::MAX, RulesOptions::default()));
             assert!(whole.starts_with("error"), "{text}: {whole}");
-            assert_eq!(debug(build_in_batches("t.rules", text, 1)), whole, "{text}");
+            assert_eq!(
+                debug(build_in_batches("t.rules", text, 1, RulesOptions::default())),
+                whole,
+                "{text}"
+            );
         }
         let syntax = "selector a = path =^ \"/v2/\"\ngrant pull on a to\ngrant push on a to anonymous";
         let expected = match Grammar::parse(Rule::rules_file, syntax) {
             Ok(_) => panic!("must not parse"),
             Err(e) => BuildContext::whole("t.rules", syntax).syntax_error(e).to_string(),
         };
-        assert_eq!(debug(build_in_batches("t.rules", syntax, 1)), expected);
+        assert_eq!(
+            debug(build_in_batches("t.rules", syntax, 1, RulesOptions::default())),
+            expected
+        );
     }
 }

@@ -189,6 +189,7 @@ pub struct Rules {
     groups_of_user: HashMap<String, Vec<usize>>,
     grants: Vec<Grant>,
     index: GrantIndex,
+    options: RulesOptions,
 }
 
 /// Grant numbers by subject, so a decision's cost depends on the grants that
@@ -199,6 +200,17 @@ struct GrantIndex {
     authenticated: Vec<u32>,
     by_user: HashMap<String, Vec<u32>>,
     by_group: Vec<Vec<u32>>,
+    /// Grants to groups by name, for groups an identity source (LDAP, OIDC) says a user is
+    /// in; a local group of the same name has its grants here too (members are the union).
+    by_group_name: HashMap<String, Vec<u32>>,
+}
+
+/// How a rules file is loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RulesOptions {
+    /// An identity source (LDAP, OIDC) supplies groups: `@name` with no `group name = …` in
+    /// the file names one of its groups. Without a source, such a name is an error (a typo).
+    pub external_groups: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,11 +227,21 @@ impl Rules {
     /// Parses and validates a rules file's text. `file_name` is used in
     /// error messages.
     pub fn parse(file_name: &str, text: &str) -> Result<Rules, Diagnostics> {
-        build::build(file_name, text)
+        build::build(file_name, text, RulesOptions::default())
+    }
+
+    /// [`Rules::parse`] with options.
+    pub fn parse_with(file_name: &str, text: &str, options: RulesOptions) -> Result<Rules, Diagnostics> {
+        build::build(file_name, text, options)
     }
 
     /// Reads, parses and validates a rules file.
     pub fn load(path: &Path) -> Result<Rules, LoadError> {
+        Rules::load_with(path, RulesOptions::default())
+    }
+
+    /// [`Rules::load`] with options.
+    pub fn load_with(path: &Path, options: RulesOptions) -> Result<Rules, LoadError> {
         let shown = path.display().to_string();
         let bytes = read_bounded(path, MAX_RULES_BYTES).map_err(|e| match e {
             ReadError::Io(source) => LoadError::Io {
@@ -246,7 +268,7 @@ impl Rules {
                 .into(),
             )
         })?;
-        Rules::parse(&shown, &text).map_err(LoadError::Invalid)
+        Rules::parse_with(&shown, &text, options).map_err(LoadError::Invalid)
     }
 
     /// Rules with no statement: everything is denied.
@@ -259,7 +281,13 @@ impl Rules {
             groups_of_user: HashMap::new(),
             grants: Vec::new(),
             index: GrantIndex::default(),
+            options: RulesOptions::default(),
         }
+    }
+
+    /// The options the rules were loaded with (a reload uses them again).
+    pub fn options(&self) -> RulesOptions {
+        self.options
     }
 
     pub(crate) fn source_name(&self) -> &str {
@@ -294,8 +322,18 @@ impl Rules {
 
     /// The grants that apply to `user` (`None`: anonymous), each once.
     pub fn grants_for(&self, user: Option<&str>) -> Vec<&Grant> {
+        self.grants_for_groups(user, &[])
+    }
+
+    /// The grants that apply to `user` in the identity source's `groups` too, each once.
+    pub fn grants_for_groups(&self, user: Option<&str>, groups: &[String]) -> Vec<&Grant> {
         let mut numbers: Vec<u32> = self.index.anonymous.clone();
         if let Some(user) = user {
+            for group in groups {
+                if let Some(list) = self.index.by_group_name.get(group) {
+                    numbers.extend(list);
+                }
+            }
             numbers.extend(&self.index.authenticated);
             if let Some(own) = self.index.by_user.get(user) {
                 numbers.extend(own);
@@ -315,6 +353,17 @@ impl Rules {
     /// lists are looked at, so the cost does not grow with the grants that
     /// concern other users; nothing is allocated.
     pub(crate) fn find_grant(&self, user: Option<&str>, action: Action, facts: &Facts) -> Option<&Grant> {
+        self.find_grant_for(user, &[], action, facts)
+    }
+
+    /// [`Rules::find_grant`] for a user an identity source says is in `groups` as well.
+    pub(crate) fn find_grant_for(
+        &self,
+        user: Option<&str>,
+        external_groups: &[String],
+        action: Action,
+        facts: &Facts,
+    ) -> Option<&Grant> {
         let first_in = |numbers: &[u32]| {
             numbers
                 .iter()
@@ -330,6 +379,11 @@ impl Rules {
         [&self.index.authenticated[..], own]
             .into_iter()
             .chain(groups.iter().map(|group| &self.index.by_group[*group][..]))
+            .chain(
+                external_groups
+                    .iter()
+                    .filter_map(|name| self.index.by_group_name.get(name).map(Vec::as_slice)),
+            )
             .find_map(first_in)
     }
 
@@ -362,14 +416,16 @@ impl Rules {
         }
     }
 
-    /// Whether `subject` names `user` (`None`: anonymous).
-    pub(crate) fn subject_includes(&self, subject: &Subject, user: Option<&str>) -> bool {
+    /// Whether `subject` names `user` (`None`: anonymous), in the identity source's `groups`.
+    pub(crate) fn subject_includes(&self, subject: &Subject, user: Option<&str>, groups: &[String]) -> bool {
         match (subject, user) {
             (Subject::Anonymous, _) => true,
             (_, None) => false,
             (Subject::Authenticated, Some(_)) => true,
             (Subject::User(name), Some(user)) => name == user,
-            (Subject::Group(group), Some(user)) => self.groups_of(user).any(|g| g == group),
+            (Subject::Group(group), Some(user)) => {
+                self.groups_of(user).any(|g| g == group) || groups.iter().any(|g| g == group)
+            }
         }
     }
 }

@@ -14,9 +14,12 @@ use super::{
     denial, respond, single_header, App, Body, Single, X_AUTH_USER, X_ORIGINAL_CONTENT_TYPE, X_ORIGINAL_METHOD,
     X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
 };
-use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
+use crate::decision::{decide, decide_and_answer_for, AccessRequest, Answer, Credential, Decision, Subject};
+use crate::identity::ldap::LdapError;
+use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials, Login};
 use crate::metrics::Outcome;
+use crate::oidc::OidcCheck;
 use crate::request::DockerRoute;
 use crate::rules::Action;
 use crate::token::{self, Identity, Scope};
@@ -137,11 +140,17 @@ impl App {
 
         // Who is asking: anonymous, a verified user, or a token's subject.
         let mut token_holder = false;
+        let mut groups: Vec<String> = Vec::new();
         let user: Option<String> = match credentials {
             // In token mode this is challenged whatever the rules say (decision::answer).
             Credentials::Anonymous => None,
-            Credentials::Basic { user, password } => {
-                if !self.check_password(&user, &password, client).await {
+            Credentials::Basic { user, password } => match self.check_password(&user, &password, client).await {
+                PasswordCheck::Accepted(login) => {
+                    tracing::debug!(target: "csel_auth::login", user = login.user, source = login.source.label(), "login confirmed");
+                    groups = login.groups;
+                    Some(login.user)
+                }
+                PasswordCheck::Refused => {
                     return self.challenge(
                         &access,
                         None,
@@ -149,8 +158,14 @@ impl App {
                         format!("wrong password or unknown user `{user}`"),
                     );
                 }
-                Some(user)
-            }
+                PasswordCheck::Unavailable(why) => {
+                    return refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Outcome::Error,
+                        format!("login of `{user}` not checked: {why}"),
+                    );
+                }
+            },
             Credentials::Bearer(bearer) => {
                 let Some(realm) = &self.token else {
                     return self.challenge(
@@ -175,9 +190,23 @@ impl App {
                         token_holder = true;
                         None
                     }
+                    // A user of another identity source: the token carries the source and its
+                    // groups, good for its short life while that source is still configured.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        source: Some(source),
+                        groups: token_groups,
+                        ..
+                    }) if self.source_configured(&source) => {
+                        token_holder = true;
+                        groups = token_groups;
+                        Some(user)
+                    }
                     Ok(token::CachedAccess {
                         identity: Identity { user: Some(user) },
                         binding,
+                        source: None,
+                        ..
                     }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
                         token_holder = true;
                         Some(user)
@@ -224,7 +253,11 @@ impl App {
         let token_mode = self.token.is_some();
         let rules = self.store.rules();
         fault_injection(uri);
-        let (decision, answer) = decide_and_answer(&rules, user.as_deref(), credential, token_mode, &access);
+        let subject = Subject {
+            user: user.as_deref(),
+            groups: &groups,
+        };
+        let (decision, answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access);
 
         if answer == Answer::Allow {
             let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
@@ -317,20 +350,131 @@ impl App {
         }
     }
 
-    /// Checks a Basic login. A wrong password (and a guess the throttle refused unchecked) is
-    /// answered after the throttle's delay; the verifier has told the throttle already, also for
-    /// requests that go away before their answer.
-    pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {
+    /// Checks a Basic login (or a `/token` password) against the identity sources, in order:
+    /// a user of the htpasswd file is decided by it alone (break-glass users: no fallback on a
+    /// wrong password); a JWT of a configured issuer is decided by OIDC alone (the typed name
+    /// plays no part); otherwise the LDAP directory, if configured. A source that cannot decide
+    /// makes the login unavailable, never accepted. Failures are answered after the throttle's
+    /// delay.
+    pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> PasswordCheck {
         let htpasswd = self.store.htpasswd();
-        let shown_client = || client.map_or_else(|| "-".to_string(), |c| c.to_string());
+        let federated = self.ldap.is_some() || self.oidc.is_some();
+        // A name under an issuer's prefix is that issuer's: only its JWTs log it in, so neither
+        // an htpasswd entry nor a directory entry can take a CI job's name and its grants.
+        let reserved = self.reserved_by_issuer(user);
+        let local = !reserved && (htpasswd.contains(user) || htpasswd.is_disabled(user));
+        if !federated || local || user.len() > crate::identity::MAX_USER_NAME_BYTES {
+            return self.check_htpasswd(user, password, client).await;
+        }
+        if let Some(oidc) = &self.oidc {
+            match oidc.login(password).await {
+                OidcCheck::NotAJwt => {}
+                OidcCheck::Valid(login) => {
+                    return PasswordCheck::Accepted(LoggedIn {
+                        user: login.user().to_string(),
+                        groups: login.groups().to_vec(),
+                        source: LoginSource::Oidc {
+                            issuer: login.issuer().to_string(),
+                        },
+                        expires_at: Some(login.expires_at()),
+                    })
+                }
+                OidcCheck::Refused(why) => {
+                    tracing::debug!(target: "csel_auth::login", client = %shown(client), "JWT refused: {why}");
+                    self.throttle.record_failure(user, client);
+                    self.failure_delay(user, client).await;
+                    return PasswordCheck::Refused;
+                }
+                OidcCheck::Unavailable => {
+                    return PasswordCheck::Unavailable("the JWT issuer's keys are unavailable".into());
+                }
+            }
+        }
+        if reserved {
+            tracing::info!(target: "csel_auth::login", user, client = %shown(client), "login refused: the name is under a JWT issuer's username_prefix and the password is no JWT of it");
+            self.throttle.record_failure(user, client);
+            self.failure_delay(user, client).await;
+            return PasswordCheck::Refused;
+        }
+        let Some(ldap) = &self.ldap else {
+            // Nobody knows the user: the htpasswd check of an unknown user (same cost, throttled).
+            return self.check_htpasswd(user, password, client).await;
+        };
+        if let Err(limit) = self.throttle.admit(user, client) {
+            tracing::info!(target: "csel_auth::login", user, client = %shown(client), "password not checked: {}", limit.describe());
+            self.failure_delay(user, client).await;
+            return PasswordCheck::Refused;
+        }
+        match ldap.login(user, password).await {
+            Ok(login) if self.reserved_by_issuer(login.user()) => {
+                tracing::warn!(target: "csel_auth::login", user = login.user(), "LDAP login refused: the name is under a JWT issuer's username_prefix");
+                self.throttle.record_failure(user, client);
+                PasswordCheck::Refused
+            }
+            Ok(login) => {
+                self.throttle.record_success(user, client);
+                PasswordCheck::Accepted(LoggedIn {
+                    user: login.user().to_string(),
+                    groups: login.groups().to_vec(),
+                    source: LoginSource::Ldap,
+                    expires_at: None,
+                })
+            }
+            Err(LdapError::Unavailable(why)) => {
+                self.throttle.give_back(user, client);
+                // The directory module logs each outage once; this is every request.
+                tracing::debug!(target: "csel_auth::login", user, "LDAP login unavailable: {why}");
+                PasswordCheck::Unavailable(why)
+            }
+            Err(LdapError::WrongCredentials | LdapError::UnknownUser) => {
+                self.throttle.record_failure(user, client);
+                self.failure_delay(user, client).await;
+                PasswordCheck::Refused
+            }
+        }
+    }
+
+    /// Whether `name` starts with a JWT issuer's `username_prefix`.
+    fn reserved_by_issuer(&self, name: &str) -> bool {
+        self.oidc
+            .as_ref()
+            .is_some_and(|oidc| oidc.settings().any(|s| name.starts_with(s.username_prefix())))
+    }
+
+    /// Whether a token's `src` names an identity source the service still uses.
+    fn source_configured(&self, source: &str) -> bool {
+        match source.split_once(':') {
+            None => source == "ldap" && self.ldap.is_some(),
+            Some(("oidc", issuer)) => self
+                .oidc
+                .as_ref()
+                .is_some_and(|oidc| oidc.settings().any(|s| s.issuer() == issuer)),
+            Some(_) => false,
+        }
+    }
+
+    /// The throttle's delay before a failed login is answered.
+    async fn failure_delay(&self, user: &str, client: Option<IpAddr>) {
+        let delay = self.throttle.delay(user, client);
+        if !delay.is_zero() {
+            self.metrics.record_throttled_login(delay);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Checks a login against the htpasswd file. A wrong password (and a guess the throttle
+    /// refused unchecked) is answered after the throttle's delay; the verifier has told the
+    /// throttle already, also for requests that go away before their answer.
+    async fn check_htpasswd(&self, user: &str, password: &str, client: Option<IpAddr>) -> PasswordCheck {
+        let htpasswd = self.store.htpasswd();
         match self.verifier.login(&htpasswd, user, password, client).await {
-            Login::Accepted => return true,
+            Login::Accepted => return PasswordCheck::Accepted(LoggedIn::htpasswd(user)),
             Login::Refused => {}
             Login::Limited(limit) => {
                 tracing::info!(
                     target: "csel_auth::login",
                     user,
-                    client = %shown_client(),
+                    client = %shown(client),
                     "password not checked: {}",
                     limit.describe()
                 );
@@ -339,30 +483,30 @@ impl App {
                 tracing::info!(
                     target: "csel_auth::login",
                     bytes = user.len(),
-                    client = %shown_client(),
+                    client = %shown(client),
                     "login refused: the user name is longer than {} bytes",
                     crate::identity::MAX_USER_NAME_BYTES
                 );
-                return false;
+                return PasswordCheck::Refused;
             }
             Login::Overloaded(why) => {
                 tracing::warn!(
                     target: "csel_auth::login",
                     user,
-                    client = %shown_client(),
+                    client = %shown(client),
                     "login refused without checking the password: {}",
                     why.describe()
                 );
-                return false;
+                return PasswordCheck::Refused;
             }
         }
-        let delay = self.throttle.delay(user, client);
-        if !delay.is_zero() {
-            self.metrics.record_throttled_login(delay);
-            tokio::time::sleep(delay).await;
-        }
-        false
+        self.failure_delay(user, client).await;
+        PasswordCheck::Refused
     }
+}
+
+fn shown(client: Option<IpAddr>) -> String {
+    client.map_or_else(|| "-".to_string(), |c| c.to_string())
 }
 
 /// The scope a Bearer challenge names for this request.

@@ -55,4 +55,8 @@ pub(crate) struct Config {
     pub max_connections: usize,
     /// `[audit] file` / `--audit-log`: one JSON line per decision.
     pub audit_file: Option<PathBuf>,
+    /// `[ldap]`, checked: users and groups also come from this directory.
+    pub ldap: Option<crate::identity::ldap::LdapSettings>,
+    /// `[[oidc]]`, checked: JWTs of these issuers are accepted as passwords.
+    pub oidc: Vec<crate::oidc::OidcSettings>,
 }

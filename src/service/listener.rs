@@ -33,7 +33,7 @@ pub(crate) fn run(config: Config) -> Result<(), StartError> {
 async fn serve(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let metrics = Arc::new(Metrics::default());
-    let app = Arc::new(App::new(&config, metrics)?);
+    let app = Arc::new(App::new(&config, metrics).await?);
     crate::reload::start(Arc::clone(app.store()), config.reload_period)?;
 
     let mut sighup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
@@ -43,11 +43,13 @@ async fn serve(config: Config) -> Result<(), StartError> {
     // Its own task, so a reload is never held up by the accept loop (which
     // waits for a free connection slot when all are taken).
     let reload_store = Arc::clone(app.store());
+    let reload_app = Arc::clone(&app);
     let config_file = config.config_file.clone();
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
             tracing::info!(target: "csel_auth::service", "SIGHUP: reloading");
             crate::reload::reload_now(&reload_store);
+            reload_app.refresh_identity_sources().await;
             if let Some((path, at_start)) = &config_file {
                 warn_about_config_changes(path, at_start);
             }

@@ -98,6 +98,10 @@ pub(crate) struct App {
     verified_tokens: token::VerifiedTokenCache,
     /// `[audit] file`: one JSON line per decision, written off the request path.
     pub(crate) audit: Option<crate::audit::AuditLog>,
+    /// `[ldap]`: the directory checked after the htpasswd file.
+    ldap: Option<Arc<crate::identity::ldap::Directory>>,
+    /// `[[oidc]]`: issuers whose JWTs are accepted as passwords.
+    oidc: Option<Arc<crate::oidc::Issuers>>,
 }
 
 /// Failed-login records kept (users, addresses, and both), about 20 MB at most.
@@ -149,12 +153,35 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Single<'a> {
 }
 
 impl App {
-    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, StartError> {
+    /// Loads the files and starts the identity sources. A directory or an issuer that cannot be
+    /// reached now is a warning: its logins fail closed until it answers.
+    pub(crate) async fn new(config: &Config, metrics: Arc<Metrics>) -> Result<App, StartError> {
+        let rules_options = crate::rules::RulesOptions {
+            external_groups: config.ldap.is_some() || !config.oidc.is_empty(),
+        };
         let store = Arc::new(Store::open(
             &config.rules,
             config.htpasswd.as_deref(),
+            rules_options,
             Arc::clone(&metrics),
         )?);
+        let ldap = config
+            .ldap
+            .clone()
+            .map(|settings| Arc::new(crate::identity::ldap::Directory::new(settings)));
+        if let Some(directory) = &ldap {
+            match directory.check().await {
+                Ok(()) => {
+                    tracing::info!(target: "csel_auth::service", url = directory.settings().url(), "LDAP directory reachable")
+                }
+                Err(e) => tracing::warn!(target: "csel_auth::service", "{e}: LDAP logins fail (503) until it answers"),
+            }
+        }
+        let oidc = if config.oidc.is_empty() {
+            None
+        } else {
+            Some(crate::oidc::Issuers::new(config.oidc.clone()).start().await)
+        };
         let token = match &config.token {
             None => None,
             Some(t) => Some(TokenRealm {
@@ -195,7 +222,22 @@ impl App {
             basic_challenge,
             verified_tokens: token::VerifiedTokenCache::default(),
             audit,
+            ldap,
+            oidc,
         })
+    }
+
+    /// SIGHUP: the LDAP directory is asked again at each user's next login (a removed user or
+    /// membership takes effect at once), and every issuer's keys are fetched again.
+    pub(crate) async fn refresh_identity_sources(&self) {
+        if let Some(ldap) = &self.ldap {
+            ldap.clear();
+            tracing::info!(target: "csel_auth::service", "SIGHUP: LDAP login cache emptied");
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.refresh_all().await;
+            tracing::info!(target: "csel_auth::service", "SIGHUP: JWT issuer keys fetched again");
+        }
     }
 
     pub(crate) fn store(&self) -> &Arc<Store> {
@@ -257,6 +299,12 @@ impl App {
                     &self.throttle,
                     self.store.htpasswd().disabled().len(),
                 ));
+                if let Some(ldap) = &self.ldap {
+                    text.push_str(&crate::metrics::render_ldap(&ldap.stats()));
+                }
+                if let Some(oidc) = &self.oidc {
+                    text.push_str(&crate::metrics::render_oidc(&oidc.stats()));
+                }
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,

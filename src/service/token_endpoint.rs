@@ -10,9 +10,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{denial, respond, single_header, App, Body, Single, X_REAL_IP};
-use crate::decision::{decide, AccessRequest};
+use crate::decision::{decide_for, AccessRequest, Subject};
+use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials};
-use crate::token::{self, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
+use crate::token::{self, Federation, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
 
 impl App {
     pub(super) async fn token_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
@@ -70,12 +71,16 @@ impl App {
                 .insert(WWW_AUTHENTICATE, self.basic_challenge.clone());
             response
         };
+        let unavailable = |why: &str| {
+            tracing::debug!(target: "csel_auth::token", reason = why, "token not issued: login source unavailable");
+            denial(StatusCode::SERVICE_UNAVAILABLE)
+        };
         // The binding is the password entry as it was before the password was
         // checked: if the entry changes meanwhile, the token is born ended
         // (fails closed) rather than bound to an entry the password was not
         // checked against.
         let fingerprint = |user: &str| self.store.htpasswd().entry_fingerprint(user).unwrap_or_default();
-        let (identity, binding, scopes, wants_refresh, reuse_refresh) = match token_request {
+        let (identity, binding, federation, scopes, wants_refresh, reuse_refresh) = match token_request {
             TokenRequest::Get {
                 scopes, offline_token, ..
             } => {
@@ -85,13 +90,17 @@ impl App {
                     return unauthorized("repeated Authorization header");
                 }
                 match parse_authorization(first.map(HeaderValue::as_bytes)) {
-                    Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), scopes, false, None),
+                    Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), None, scopes, false, None),
                     Ok(Credentials::Basic { user, password }) => {
                         let binding = fingerprint(&user);
-                        if !self.check_password(&user, &password, client).await {
-                            return unauthorized("wrong password or unknown user");
+                        match self.check_password(&user, &password, client).await {
+                            PasswordCheck::Accepted(login) => {
+                                let (identity, binding, federation) = bound(login, binding);
+                                (identity, binding, federation, scopes, offline_token, None)
+                            }
+                            PasswordCheck::Refused => return unauthorized("wrong password or unknown user"),
+                            PasswordCheck::Unavailable(why) => return unavailable(&why),
                         }
-                        (Identity::user(user), binding, scopes, offline_token, None)
                     }
                     _ => return unauthorized("unusable Authorization header"),
                 }
@@ -104,10 +113,14 @@ impl App {
                 ..
             } => {
                 let binding = fingerprint(&username);
-                if !self.check_password(&username, &password, client).await {
-                    return unauthorized("wrong password or unknown user");
+                match self.check_password(&username, &password, client).await {
+                    PasswordCheck::Accepted(login) => {
+                        let (identity, binding, federation) = bound(login, binding);
+                        (identity, binding, federation, scopes, access_type_offline, None)
+                    }
+                    PasswordCheck::Refused => return unauthorized("wrong password or unknown user"),
+                    PasswordCheck::Unavailable(why) => return unavailable(&why),
                 }
-                (Identity::user(username), binding, scopes, access_type_offline, None)
             }
             TokenRequest::RefreshGrant { .. } if !realm.refresh_tokens => {
                 self.metrics
@@ -139,21 +152,33 @@ impl App {
                     binding,
                     ..
                 }) if !binding.is_empty() && fingerprint(&user) == binding => {
-                    (Identity::user(user), binding, scopes, false, Some(refresh_token))
+                    (Identity::user(user), binding, None, scopes, false, Some(refresh_token))
                 }
                 _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
             },
         };
-        let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
-        let mut issued = token::issue(
-            &realm.key,
-            &realm.settings,
-            &identity,
-            &granted,
-            &binding,
-            wants_refresh && realm.refresh_tokens,
-            SystemTime::now(),
-        );
+        let no_groups = Vec::new();
+        let groups = federation.as_ref().map_or(&no_groups, |f| &f.groups);
+        let granted = self.granted_scopes(identity.user.as_deref(), groups, &scopes);
+        let mut issued = match &federation {
+            None => token::issue(
+                &realm.key,
+                &realm.settings,
+                &identity,
+                &granted,
+                &binding,
+                wants_refresh && realm.refresh_tokens,
+                SystemTime::now(),
+            ),
+            Some(federation) => token::issue_federated(
+                &realm.key,
+                &realm.settings,
+                &identity,
+                &granted,
+                federation,
+                SystemTime::now(),
+            ),
+        };
         if reuse_refresh.is_some() {
             issued.refresh_token = reuse_refresh;
         }
@@ -175,12 +200,12 @@ impl App {
 
     /// The requested scopes, each cut down to the actions the current rules
     /// allow. Informational: every request is decided again by the rules.
-    fn granted_scopes(&self, user: Option<&str>, requested: &[Scope]) -> Vec<Scope> {
+    fn granted_scopes(&self, user: Option<&str>, groups: &[String], requested: &[Scope]) -> Vec<Scope> {
         let rules = self.store.rules();
         let allowed = |method: &str, uri: &str| {
-            decide(
+            decide_for(
                 &rules,
-                user,
+                &Subject { user, groups },
                 &AccessRequest {
                     method,
                     uri,
@@ -228,5 +253,21 @@ impl App {
                 })
             })
             .collect()
+    }
+}
+
+/// The token subject of a login and what its token carries: an htpasswd login is bound to its
+/// entry; a login from another source is bound to no entry and carries its source and groups.
+fn bound(login: LoggedIn, htpasswd_binding: String) -> (Identity, String, Option<Federation>) {
+    match login.source {
+        LoginSource::Htpasswd => (Identity::user(login.user), htpasswd_binding, None),
+        LoginSource::Ldap | LoginSource::Oidc { .. } => {
+            let federation = Federation {
+                source: login.source.label(),
+                groups: login.groups,
+                expires_at: login.expires_at,
+            };
+            (Identity::user(login.user), String::new(), Some(federation))
+        }
     }
 }

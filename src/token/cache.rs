@@ -21,6 +21,9 @@ pub(crate) struct CachedAccess {
     /// See [`VerifiedToken::binding`]; the caller compares it with the current
     /// credential on every request, so a cached entry never outlives it.
     pub binding: String,
+    /// The identity source of a user not from the htpasswd file, and its groups.
+    pub source: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// [`verify`] of access tokens, with the results remembered until the token
@@ -85,6 +88,8 @@ impl VerifiedTokenCache {
                     return Ok(CachedAccess {
                         identity: Identity::anonymous(),
                         binding: String::new(),
+                        source: None,
+                        groups: Vec::new(),
                     });
                 }
                 anonymous.pop(&id);
@@ -94,6 +99,8 @@ impl VerifiedTokenCache {
         let access = CachedAccess {
             identity: verified.identity,
             binding: verified.binding,
+            source: verified.source,
+            groups: verified.groups,
         };
         if access.identity.user.is_some() {
             if let Ok(mut users) = self.users.lock() {

@@ -82,14 +82,64 @@ pub fn issue(
     with_refresh: bool,
     now: SystemTime,
 ) -> IssuedToken {
+    issue_with(key, settings, identity, access, binding, None, with_refresh, now)
+}
+
+/// A user an identity source other than the htpasswd file confirmed (LDAP, OIDC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    /// The source, as the `src` claim names it (`ldap`, `oidc:<issuer>`).
+    pub source: String,
+    /// The groups the source gave: the `grp` claim, which the rules decide with.
+    pub groups: Vec<String>,
+    /// When the source's proof ends (a JWT's `exp`): the token ends no later.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Issues an access token (never a refresh token) for a user of another identity source: the
+/// token carries the source and the groups, is bound to no password entry, and ends when the
+/// source's proof does if that is sooner.
+pub fn issue_federated(
+    key: &TokenKey,
+    settings: &TokenSettings,
+    identity: &Identity,
+    access: &[Scope],
+    federation: &Federation,
+    now: SystemTime,
+) -> IssuedToken {
+    issue_with(key, settings, identity, access, "", Some(federation), false, now)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_with(
+    key: &TokenKey,
+    settings: &TokenSettings,
+    identity: &Identity,
+    access: &[Scope],
+    binding: &str,
+    federation: Option<&Federation>,
+    with_refresh: bool,
+    now: SystemTime,
+) -> IssuedToken {
     // A clock before 1970 yields tokens that are long expired: fails closed.
     let now_secs = unix_seconds(now).unwrap_or(0);
     let subject = identity.subject();
-    let ttl = settings.lifetime(TokenKind::Access);
+    let mut ttl = settings.lifetime(TokenKind::Access);
 
     let mut claims = base_claims(settings, subject, TokenKind::Access, now_secs);
     if !binding.is_empty() && !subject.is_empty() {
         claims["bnd"] = Value::String(binding.to_string());
+    }
+    if let (Some(federation), false) = (federation, subject.is_empty()) {
+        claims["src"] = Value::String(federation.source.clone());
+        claims["grp"] = json!(federation.groups);
+        if let Some(end) = federation.expires_at {
+            // Before now (an expired proof): the token is born expired and fails closed.
+            let end = unix_seconds(end).unwrap_or(0);
+            let exp = now_secs.saturating_add(ttl).min(end);
+            claims["exp"] = json!(exp);
+            ttl = exp.saturating_sub(now_secs);
+        }
     }
     let mut size = claims.to_string().len();
     let mut granted: Vec<Scope> = Vec::new();
@@ -217,6 +267,10 @@ pub struct VerifiedToken {
     pub expires_at: u64,
     /// What [`issue`] bound the token to (empty if nothing).
     pub binding: String,
+    /// The identity source of a user not from the htpasswd file ([`issue_federated`]).
+    pub source: Option<String>,
+    /// The groups that source gave.
+    pub groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +288,12 @@ struct Claims {
     /// Fingerprint of the credential the token was issued for (users only).
     #[serde(default)]
     bnd: Option<String>,
+    /// The identity source of a user not from the htpasswd file.
+    #[serde(default)]
+    src: Option<String>,
+    /// That source's groups of the user.
+    #[serde(default)]
+    grp: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +384,8 @@ pub fn verify(
         token_id: claims.jti,
         expires_at: claims.exp,
         binding: claims.bnd.unwrap_or_default(),
+        source: claims.src,
+        groups: claims.grp,
     })
 }
 

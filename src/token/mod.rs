@@ -56,7 +56,7 @@ pub(crate) use cache::{CachedAccess, VerifiedTokenCache};
 pub(crate) use challenge::{challenge, error_json, oauth_error_json};
 pub(crate) use endpoint::{parse_token_get, parse_token_post, TokenRequest, TokenRequestError, MAX_TOKEN_REQUEST_LEN};
 pub(crate) use jwt::token_response_json;
-pub use jwt::{issue, verify, IssuedToken, TokenError, TokenKind, VerifiedToken};
+pub use jwt::{issue, issue_federated, verify, Federation, IssuedToken, TokenError, TokenKind, VerifiedToken};
 pub use key::{TokenKey, TokenKeyError};
 pub(crate) use scope::format_scopes;
 pub use scope::{parse_scopes, Scope};

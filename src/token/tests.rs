@@ -708,6 +708,41 @@ fn user_tokens_carry_their_binding() {
     assert_eq!(anonymous.refresh_token, None);
 }
 
+#[test]
+fn federated_tokens_carry_source_and_groups_and_end_with_the_proof() {
+    let federation = super::Federation {
+        source: "oidc:https://issuer".to_string(),
+        groups: vec!["devs".to_string()],
+        expires_at: Some(at(NOW + 60)),
+    };
+    let issued = super::issue_federated(&key(), &settings(), &alice(), &[], &federation, at(NOW));
+    assert!(issued.refresh_token.is_none());
+    assert_eq!(issued.expires_in, 60);
+    let claims = claims_of(&issued.token);
+    assert_eq!(
+        (claims["src"].clone(), claims["grp"].clone()),
+        (serde_json::json!("oidc:https://issuer"), serde_json::json!(["devs"]))
+    );
+    assert!(claims.get("bnd").is_none());
+    let verified = verify(&key(), &settings(), TokenKind::Access, &issued.token, at(NOW + 30)).unwrap();
+    assert_eq!(verified.source.as_deref(), Some("oidc:https://issuer"));
+    assert_eq!(verified.groups, ["devs"]);
+    assert_eq!(verified.binding, "");
+    assert!(verify(&key(), &settings(), TokenKind::Access, &issued.token, at(NOW + 200)).is_err());
+    // A proof without an end: the realm's lifetime. An htpasswd token has neither claim.
+    let ldap = super::Federation {
+        source: "ldap".to_string(),
+        groups: Vec::new(),
+        expires_at: None,
+    };
+    assert_eq!(
+        super::issue_federated(&key(), &settings(), &alice(), &[], &ldap, at(NOW)).expires_in,
+        300
+    );
+    let plain = claims_of(&user_token("alice", "b1nd"));
+    assert!(plain.get("src").is_none() && plain.get("grp").is_none());
+}
+
 fn user_token(user: &str, binding: &str) -> String {
     issue(&key(), &settings(), &Identity::user(user), &[], binding, false, at(NOW)).token
 }
@@ -723,6 +758,8 @@ fn cache_answers_repeated_tokens_with_their_binding() {
     let expected = CachedAccess {
         identity: alice(),
         binding: "b1nd".to_string(),
+        source: None,
+        groups: Vec::new(),
     };
     assert_eq!(cache.verify(&key(), &settings(), &token, at(NOW)), Ok(expected.clone()));
     assert_eq!(cache.hits(), 0);

@@ -143,11 +143,36 @@ impl Stack {
 
     /// [`Stack::start`] with `nginx` (one of [`super::nginx::nginx_binaries`]).
     pub fn start_on(nginx: &NginxBinary, mode: Mode, rules: &str) -> Result<Self> {
+        Self::start_configured(nginx, mode, rules, None)
+    }
+
+    /// [`Stack::start`] with a config file naming the rules and htpasswd files, followed by
+    /// `sections` (TOML: `[ldap]`, `[[oidc]]`; relative paths are in [`Stack::dir`]'s).
+    pub fn start_with_config(mode: Mode, rules: &str, sections: &str, files: &[(&str, &str)]) -> Result<Self> {
+        Self::start_configured(&NginxBinary::system()?, mode, rules, Some((sections, files)))
+    }
+
+    fn start_configured(
+        nginx: &NginxBinary,
+        mode: Mode,
+        rules: &str,
+        config: Option<(&str, &[(&str, &str)])>,
+    ) -> Result<Self> {
         let dir = TestDir::new(&format!("stack-{mode}"))?;
         let rules_path = dir.write("registry.rules", rules)?;
         let htpasswd = dir.write("users.htpasswd", example("users.htpasswd")?)?;
         let registry = Registry::start()?;
-        let mut setup = Setup::bare().rules_at(rules_path.clone()).htpasswd_at(Some(htpasswd));
+        let mut setup = match config {
+            None => Setup::bare().rules_at(rules_path.clone()).htpasswd_at(Some(htpasswd)),
+            Some((sections, files)) => {
+                for (name, contents) in files {
+                    let path = dir.write(name, contents)?;
+                    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                }
+                let text = format!("rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n{sections}");
+                Setup::bare().config_file(dir.write("csel-auth.toml", text)?)
+            }
+        };
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,
