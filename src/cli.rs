@@ -119,8 +119,6 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 /// The service's settings: flags over the config file over the defaults.
 struct ServeSettings {
     config: crate::service::Config,
-    /// `--access-keys` or `[access_keys] file`: checked at start, not yet used for logins.
-    access_keys: Option<PathBuf>,
     log: String,
     log_format: String,
 }
@@ -202,10 +200,10 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             bcrypt_concurrency: args.bcrypt_concurrency.or(file.logins.bcrypt_concurrency).unwrap_or(2),
             login_cache: args.login_cache.or(file.logins.cache).unwrap_or(10_000),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(4096),
+            access_keys: args
+                .access_keys
+                .or(file.access_keys.clone().map(|section| section.file)),
         },
-        access_keys: args
-            .access_keys
-            .or(file.access_keys.clone().map(|section| section.file)),
         log: args.log.or(file.log.filter.clone()).unwrap_or_else(|| "info".into()),
         log_format,
     })
@@ -225,11 +223,6 @@ fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
         builder.json().init();
     } else {
         builder.init();
-    }
-    if let Some(path) = &settings.access_keys {
-        // A file that does not load stops the start, as the htpasswd file does.
-        let keys = crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?;
-        tracing::info!(file = %path.display(), keys = keys.len(), "access keys loaded");
     }
     crate::service::run(settings.config)?;
     Ok(Conclusion::Yes)

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::access_keys::KeyScope;
 use crate::csel::{Expr, Facts};
 use crate::request::{canonicalize, DockerRoute, Rejection};
 use crate::rules::{Action, Grant, Rules, Target};
@@ -55,6 +56,8 @@ pub enum Reason {
     BadMount(Rejection),
     /// A cross-repository mount from a repository the subject cannot read.
     MountSourceDenied { from: String },
+    /// The rules allow the owner, but the access key used is scoped narrower.
+    OutsideKeyScope { key: String },
 }
 
 impl fmt::Display for Reason {
@@ -71,6 +74,7 @@ impl fmt::Display for Reason {
             ),
             Reason::BadMount(why) => write!(f, "refused mount: {why}"),
             Reason::MountSourceDenied { from } => write!(f, "mount source {from} is not readable"),
+            Reason::OutsideKeyScope { key } => write!(f, "outside the scope of access key {key}"),
         }
     }
 }
@@ -164,13 +168,117 @@ pub fn decide_and_answer(
     token_mode: bool,
     request: &AccessRequest,
 ) -> (Decision, Answer) {
+    decide_and_answer_with_key(rules, user, credential, token_mode, request, None)
+}
+
+/// The access key a request logged in with (directly, or through a token issued for it).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyInUse<'a> {
+    pub id: &'a str,
+    pub scope: &'a KeyScope,
+}
+
+/// [`decide_and_answer`] for a request that logged in with an access key: what the rules
+/// allow the owner is narrowed to the key's scope (see [`narrow_to_scope`]).
+pub fn decide_and_answer_with_key(
+    rules: &Rules,
+    user: Option<&str>,
+    credential: Credential,
+    token_mode: bool,
+    request: &AccessRequest,
+    key: Option<KeyInUse>,
+) -> (Decision, Answer) {
     let mut decision = decide(rules, user, request);
+    if let Some(key) = key {
+        decision = narrow_to_scope(decision, key, user, request);
+    }
     if credential == Credential::Token && !decision.allowed && decision.docker == Some(DockerRoute::Base) {
         decision.allowed = true;
         decision.reason = Reason::PingForUsers;
     }
     let answer = answer(&decision, credential, token_mode);
     (decision, answer)
+}
+
+/// Narrows an allowed decision to an access key's scope: the key's actions must include the
+/// request's action and its `on` expression must match the request (with the owner as
+/// `user`); a blob mount must also be inside the scope as a read of its source, or a key
+/// scoped to one repository could copy blobs in from any other its owner reads. The `/v2/`
+/// ping needs only a valid key: it is how `docker login` checks credentials.
+pub fn narrow_to_scope(mut decision: Decision, key: KeyInUse, user: Option<&str>, request: &AccessRequest) -> Decision {
+    if !decision.allowed || decision.reason == Reason::PingForUsers {
+        return decision;
+    }
+    if !inside_scope(&decision, key.scope, user, request).all() {
+        decision.allowed = false;
+        decision.reason = Reason::OutsideKeyScope {
+            key: key.id.to_string(),
+        };
+    }
+    decision
+}
+
+/// How a request compares with an access key's scope, for [`narrow_to_scope`] and `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScopeCheck {
+    pub action_ok: bool,
+    pub on_ok: bool,
+    /// `None` when the request mounts no blob.
+    pub mount_ok: Option<bool>,
+}
+
+impl ScopeCheck {
+    pub(crate) fn all(&self) -> bool {
+        self.action_ok && self.on_ok && self.mount_ok != Some(false)
+    }
+}
+
+pub(crate) fn inside_scope(
+    decision: &Decision,
+    scope: &KeyScope,
+    user: Option<&str>,
+    request: &AccessRequest,
+) -> ScopeCheck {
+    let (Some(path), Some(action)) = (decision.path.as_deref(), decision.action) else {
+        return ScopeCheck {
+            action_ok: false,
+            on_ok: false,
+            mount_ok: None,
+        };
+    };
+    let facts = Facts {
+        format: request.format,
+        path,
+        method: request.method,
+        user,
+    };
+    let action_ok = scope.actions.contains(action);
+    let on_ok = scope.on.as_ref().is_none_or(|on| on.matches(&facts));
+    let mut mount_ok = None;
+    if matches!(decision.docker, Some(DockerRoute::BlobUploadStart { .. })) {
+        // A mount source that does not parse was refused by `decide` already; fail closed anyway.
+        mount_ok = match canonicalize(request.uri, request.format).map(|t| t.mount()) {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(mount))) => {
+                let source = mount.source_blob_path();
+                Some(scope.allows(
+                    Action::Read,
+                    &Facts {
+                        format: request.format,
+                        path: &source,
+                        method: "GET",
+                        user,
+                    },
+                ))
+            }
+            _ => Some(false),
+        };
+    }
+    ScopeCheck {
+        action_ok,
+        on_ok,
+        mount_ok,
+    }
 }
 
 fn deny(reason: Reason) -> Decision {

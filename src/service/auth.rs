@@ -14,7 +14,8 @@ use super::{
     denial, respond, single_header, App, Body, Single, X_AUTH_USER, X_ORIGINAL_CONTENT_TYPE, X_ORIGINAL_METHOD,
     X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
 };
-use crate::decision::{decide, decide_and_answer, AccessRequest, Answer, Credential, Decision};
+use crate::access_keys::KeyCheck;
+use crate::decision::{decide, decide_and_answer_with_key, AccessRequest, Answer, Credential, Decision, KeyInUse};
 use crate::identity::{parse_authorization, Credentials, Login};
 use crate::metrics::Outcome;
 use crate::request::DockerRoute;
@@ -28,6 +29,8 @@ struct Verdict {
     user: Option<String>,
     reason: String,
     path: Option<String>,
+    /// The access key the request logged in with (directly or through its token).
+    key: Option<String>,
 }
 
 impl App {
@@ -49,6 +52,7 @@ impl App {
                     user: None,
                     reason: "internal error".into(),
                     path: None,
+                    key: None,
                 }
             }
         };
@@ -65,6 +69,7 @@ impl App {
             path = verdict.path.as_deref().unwrap_or("-"),
             client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
             reason = %verdict.reason,
+            key = verdict.key.as_deref(),
         );
         verdict.response
     }
@@ -76,6 +81,7 @@ impl App {
             user: None,
             reason,
             path: None,
+            key: None,
         };
         // nginx sets both itself; without them nginx is misconfigured (500,
         // which nginx passes on) and the log says which directive is missing.
@@ -137,17 +143,22 @@ impl App {
 
         // Who is asking: anonymous, a verified user, or a token's subject.
         let mut token_holder = false;
+        let mut key_id: Option<String> = None;
         let user: Option<String> = match credentials {
             // In token mode this is challenged whatever the rules say (decision::answer).
             Credentials::Anonymous => None,
             Credentials::Basic { user, password } => {
-                if !self.check_password(&user, &password, client).await {
-                    return self.challenge(
-                        &access,
-                        None,
-                        Outcome::Unauthorized,
-                        format!("wrong password or unknown user `{user}`"),
-                    );
+                match self.check_password(&user, &password, client).await {
+                    Checked::Refused => {
+                        return self.challenge(
+                            &access,
+                            None,
+                            Outcome::Unauthorized,
+                            format!("wrong password or unknown user `{user}`"),
+                        )
+                    }
+                    Checked::User => {}
+                    Checked::Key(id) => key_id = Some(id),
                 }
                 Some(user)
             }
@@ -174,6 +185,15 @@ impl App {
                     }) => {
                         token_holder = true;
                         None
+                    }
+                    // A key's token: the key is checked below, with a Basic key login's.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                    }) if token::bound_key(&binding).is_some() => {
+                        token_holder = true;
+                        key_id = token::bound_key(&binding).map(str::to_string);
+                        Some(user)
                     }
                     Ok(token::CachedAccess {
                         identity: Identity { user: Some(user) },
@@ -216,6 +236,41 @@ impl App {
             }
         };
 
+        // The key as the keys file in force has it now: a revoked or expired key ends its
+        // tokens at once, and its scope is the current one.
+        let keys = self.store.access_keys();
+        let key = match &key_id {
+            None => None,
+            Some(id) => match keys.get(id) {
+                Some(k) if Some(k.owner.as_str()) == user.as_deref() && !k.is_expired(SystemTime::now()) => {
+                    Some(KeyInUse {
+                        id: k.id.as_str(),
+                        scope: &k.scope,
+                    })
+                }
+                found => {
+                    let why = match found {
+                        None => "is revoked",
+                        Some(k) if Some(k.owner.as_str()) != user.as_deref() => "belongs to another user",
+                        Some(_) => "has expired",
+                    };
+                    if token_holder {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut verdict = self.challenge(
+                        &access,
+                        token_holder.then_some("invalid_token"),
+                        Outcome::Unauthorized,
+                        format!("access key {id} {why}"),
+                    );
+                    verdict.key = key_id.clone();
+                    return verdict;
+                }
+            },
+        };
+
         let credential = match (token_holder, &user) {
             (true, _) => Credential::Token,
             (false, Some(_)) => Credential::Basic,
@@ -224,7 +279,8 @@ impl App {
         let token_mode = self.token.is_some();
         let rules = self.store.rules();
         fault_injection(uri);
-        let (decision, answer) = decide_and_answer(&rules, user.as_deref(), credential, token_mode, &access);
+        let (decision, answer) =
+            decide_and_answer_with_key(&rules, user.as_deref(), credential, token_mode, &access, key);
 
         if answer == Answer::Allow {
             let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
@@ -235,6 +291,7 @@ impl App {
                     user,
                     reason: "user name cannot be sent in a header".into(),
                     path: decision.path,
+                    key: key_id.clone(),
                 };
             };
             // The one place that answers 200.
@@ -251,6 +308,7 @@ impl App {
                     String::new()
                 },
                 path: decision.path,
+                key: key_id.clone(),
             };
         }
         let malformed = decision.reason.is_malformed();
@@ -266,6 +324,7 @@ impl App {
             let path = decision.path.clone();
             let mut verdict = self.challenge_for(&decision, error, reason);
             verdict.path = path;
+            verdict.key = key_id;
             if user.is_some() {
                 verdict.outcome = Outcome::Forbidden;
                 verdict.user = user;
@@ -279,6 +338,7 @@ impl App {
             user,
             reason: decision.reason.to_string(),
             path: decision.path,
+            key: key_id.clone(),
         }
     }
 
@@ -314,17 +374,47 @@ impl App {
             user: None,
             reason,
             path: None,
+            key: None,
         }
     }
 
-    /// Checks a Basic login. A wrong password (and a guess the throttle refused unchecked) is
-    /// answered after the throttle's delay; the verifier has told the throttle already, also for
-    /// requests that go away before their answer.
-    pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> bool {
-        let htpasswd = self.store.htpasswd();
+    /// Checks a Basic login. A password with the access key prefix is decided by the access keys
+    /// alone, before and without the bcrypt queue (one SHA-256). A wrong password or key (and a
+    /// guess the throttle refused unchecked) is answered after the throttle's delay; the verifier
+    /// has told the throttle already, also for requests that go away before their answer.
+    pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> Checked {
         let shown_client = || client.map_or_else(|| "-".to_string(), |c| c.to_string());
+        let keys = self.store.access_keys();
+        let now = SystemTime::now();
+        match keys.verify(user, password, now) {
+            KeyCheck::NotAKey => {}
+            KeyCheck::Valid(key) => {
+                self.key_logins.record(key, now);
+                self.throttle.record_success(user, client);
+                return Checked::Key(key.id.clone());
+            }
+            KeyCheck::Refused { reason, key } => {
+                // The id is not secret (it is in the file and the metrics); the secret is never logged.
+                tracing::info!(
+                    target: "csel_auth::login",
+                    user,
+                    key = key.map_or("-", |k| k.id.as_str()),
+                    reason = reason.label(),
+                    client = %shown_client(),
+                    "access key refused: {reason}"
+                );
+                self.throttle.record_failure(user, client);
+                let delay = self.throttle.delay(user, client);
+                if !delay.is_zero() {
+                    self.metrics.record_throttled_login(delay);
+                    tokio::time::sleep(delay).await;
+                }
+                return Checked::Refused;
+            }
+        }
+        let htpasswd = self.store.htpasswd();
         match self.verifier.login(&htpasswd, user, password, client).await {
-            Login::Accepted => return true,
+            Login::Accepted => return Checked::User,
             Login::Refused => {}
             Login::Limited(limit) => {
                 tracing::info!(
@@ -343,7 +433,7 @@ impl App {
                     "login refused: the user name is longer than {} bytes",
                     crate::identity::MAX_USER_NAME_BYTES
                 );
-                return false;
+                return Checked::Refused;
             }
             Login::Overloaded(why) => {
                 tracing::warn!(
@@ -353,7 +443,7 @@ impl App {
                     "login refused without checking the password: {}",
                     why.describe()
                 );
-                return false;
+                return Checked::Refused;
             }
         }
         let delay = self.throttle.delay(user, client);
@@ -361,8 +451,19 @@ impl App {
             self.metrics.record_throttled_login(delay);
             tokio::time::sleep(delay).await;
         }
-        false
+        Checked::Refused
     }
+}
+
+/// Who a checked Basic login is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Checked {
+    /// Wrong password or key, unknown user, or refused unchecked: 401.
+    Refused,
+    /// The user's own password.
+    User,
+    /// The access key with this id, owned by the user: requests are narrowed to its scope.
+    Key(String),
 }
 
 /// The scope a Bearer challenge names for this request.

@@ -90,6 +90,8 @@ pub(crate) struct App {
     default_format: String,
     basic_challenge: HeaderValue,
     verified_tokens: token::VerifiedTokenCache,
+    /// Logins per access key, for `/metrics`.
+    key_logins: crate::access_keys::KeyLogins,
 }
 
 /// Failed-login records kept (users, addresses, and both), about 20 MB at most.
@@ -145,8 +147,12 @@ impl App {
         let store = Arc::new(Store::open(
             &config.rules,
             config.htpasswd.as_deref(),
+            config.access_keys.as_deref(),
             Arc::clone(&metrics),
         )?);
+        if let Some(path) = &config.access_keys {
+            tracing::info!(file = %path.display(), keys = store.access_keys().len(), "access keys loaded");
+        }
         let token = match &config.token {
             None => None,
             Some(t) => Some(TokenRealm {
@@ -179,6 +185,7 @@ impl App {
             default_format: config.default_format.clone(),
             basic_challenge,
             verified_tokens: token::VerifiedTokenCache::default(),
+            key_logins: crate::access_keys::KeyLogins::new(),
         })
     }
 
@@ -231,6 +238,7 @@ impl App {
                     &self.throttle,
                     self.store.htpasswd().disabled().len(),
                 ));
+                self.key_logins.render(&self.store.access_keys(), &mut text);
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,

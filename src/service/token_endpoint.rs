@@ -9,8 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::auth::Checked;
 use super::{denial, respond, single_header, App, Body, Single, X_REAL_IP};
-use crate::decision::{decide, AccessRequest};
+use crate::decision::{decide, narrow_to_scope, AccessRequest, KeyInUse};
 use crate::identity::{parse_authorization, Credentials};
 use crate::token::{self, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
 
@@ -88,9 +89,11 @@ impl App {
                     Ok(Credentials::Anonymous) => (Identity::anonymous(), String::new(), scopes, false, None),
                     Ok(Credentials::Basic { user, password }) => {
                         let binding = fingerprint(&user);
-                        if !self.check_password(&user, &password, client).await {
-                            return unauthorized("wrong password or unknown user");
-                        }
+                        let binding = match self.check_password(&user, &password, client).await {
+                            Checked::Refused => return unauthorized("wrong password or unknown user"),
+                            Checked::User => binding,
+                            Checked::Key(id) => token::key_binding(&id),
+                        };
                         (Identity::user(user), binding, scopes, offline_token, None)
                     }
                     _ => return unauthorized("unusable Authorization header"),
@@ -104,9 +107,11 @@ impl App {
                 ..
             } => {
                 let binding = fingerprint(&username);
-                if !self.check_password(&username, &password, client).await {
-                    return unauthorized("wrong password or unknown user");
-                }
+                let binding = match self.check_password(&username, &password, client).await {
+                    Checked::Refused => return unauthorized("wrong password or unknown user"),
+                    Checked::User => binding,
+                    Checked::Key(id) => token::key_binding(&id),
+                };
                 (Identity::user(username), binding, scopes, access_type_offline, None)
             }
             TokenRequest::RefreshGrant { .. } if !realm.refresh_tokens => {
@@ -138,13 +143,26 @@ impl App {
                     identity: Identity { user: Some(user) },
                     binding,
                     ..
-                }) if !binding.is_empty() && fingerprint(&user) == binding => {
+                }) if !binding.is_empty()
+                    && match token::bound_key(&binding) {
+                        // A key's refresh token lives only as long as the key.
+                        Some(id) => self.key_in_force(id, &user),
+                        None => fingerprint(&user) == binding,
+                    } =>
+                {
                     (Identity::user(user), binding, scopes, false, Some(refresh_token))
                 }
                 _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
             },
         };
-        let granted = self.granted_scopes(identity.user.as_deref(), &scopes);
+        let keys = self.store.access_keys();
+        let key = token::bound_key(&binding)
+            .and_then(|id| keys.get(id))
+            .map(|k| KeyInUse {
+                id: k.id.as_str(),
+                scope: &k.scope,
+            });
+        let granted = self.granted_scopes(identity.user.as_deref(), key, &scopes);
         let mut issued = token::issue(
             &realm.key,
             &realm.settings,
@@ -163,6 +181,7 @@ impl App {
         tracing::info!(
             target: "csel_auth::token",
             user = identity.user.as_deref().unwrap_or("anonymous"),
+            key = key.map(|k| k.id),
             scope = %issued.scope,
             "token issued"
         );
@@ -173,22 +192,29 @@ impl App {
         )
     }
 
-    /// The requested scopes, each cut down to the actions the current rules
-    /// allow. Informational: every request is decided again by the rules.
-    fn granted_scopes(&self, user: Option<&str>, requested: &[Scope]) -> Vec<Scope> {
+    /// Whether the access key `id` is in the keys file in force, owned by `user` and unexpired.
+    fn key_in_force(&self, id: &str, user: &str) -> bool {
+        let keys = self.store.access_keys();
+        keys.get(id)
+            .is_some_and(|k| k.owner == user && !k.is_expired(SystemTime::now()))
+    }
+
+    /// The requested scopes, each cut down to the actions the current rules (and the access
+    /// key's scope, for a key login) allow. Informational: every request is decided again.
+    fn granted_scopes(&self, user: Option<&str>, key: Option<KeyInUse>, requested: &[Scope]) -> Vec<Scope> {
         let rules = self.store.rules();
         let allowed = |method: &str, uri: &str| {
-            decide(
-                &rules,
-                user,
-                &AccessRequest {
-                    method,
-                    uri,
-                    format: "docker",
-                    content_type: None,
-                },
-            )
-            .allowed
+            let request = AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            };
+            let decision = decide(&rules, user, &request);
+            match key {
+                Some(key) => narrow_to_scope(decision, key, user, &request).allowed,
+                None => decision.allowed,
+            }
         };
         requested
             .iter()
