@@ -252,6 +252,13 @@ struct CheckArgs {
 struct ExplainArgs {
     #[arg(long)]
     rules: PathBuf,
+    /// The access keys file, for `--key`.
+    #[arg(long, requires = "key")]
+    access_keys: Option<PathBuf>,
+    /// The request logs in with this access key (its owner is `--user`): the decision is
+    /// narrowed to the key's scope.
+    #[arg(long, requires = "access_keys", requires = "user")]
+    key: Option<String>,
     #[arg(long)]
     htpasswd: Option<PathBuf>,
     /// The requesting user; anonymous when absent.
@@ -512,7 +519,38 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
         content_type: args.content_type.as_deref(),
     };
     let credential = args.token.credential(user);
-    let explanation = explain(&rules, user, credential, args.token.token_mode, &request);
+    let keys = match &args.access_keys {
+        Some(path) => Some(crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?),
+        None => None,
+    };
+    let key = match (&keys, &args.key) {
+        (Some(keys), Some(id)) => {
+            let Some(key) = keys.get(id) else {
+                return Err(Error::Settings(format!(
+                    "{}: no access key has the id `{id}` (see `csel-auth access-key list`)",
+                    keys.source_name()
+                )));
+            };
+            if Some(key.owner.as_str()) != user {
+                println!(
+                    "note: key `{id}` belongs to `{}`: given with another name, the service would answer 401 \
+                     before any rule",
+                    key.owner
+                );
+            } else if key.is_expired(std::time::SystemTime::now()) {
+                println!(
+                    "note: key `{id}` expired at {}: the service would answer 401 before any rule",
+                    key.expires
+                );
+            }
+            Some(crate::decision::KeyInUse {
+                id: key.id.as_str(),
+                scope: &key.scope,
+            })
+        }
+        _ => None,
+    };
+    let explanation = explain(&rules, user, credential, args.token.token_mode, &request, key);
     print_explanation(&explanation, &args.method);
     Ok(Conclusion::from(explanation.answer == Answer::Allow))
 }
@@ -540,6 +578,20 @@ fn print_explanation(e: &Explanation, method: &str) {
         }
     }
     println!("reason:   {}", d.reason);
+    if let Some((id, scope, check)) = &e.key {
+        println!("key:      {id} ({scope})");
+        match check {
+            None => println!("  (not consulted: the rules decided, or the /v2/ ping needs only a valid key)"),
+            Some(c) => {
+                let mark = |ok: bool| if ok { "✓" } else { "✗" };
+                println!("  {} action in the key's actions", mark(c.action_ok));
+                println!("  {} request matches the key's `on` expression", mark(c.on_ok));
+                if let Some(mount) = c.mount_ok {
+                    println!("  {} mount source inside the key's scope", mark(mount));
+                }
+            }
+        }
+    }
     if !e.matched.is_empty() {
         println!("matching grants:");
         for g in &e.matched {

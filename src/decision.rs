@@ -425,12 +425,16 @@ pub(crate) struct Explanation {
     pub matched: Vec<GrantCheck>,
     /// When denied: the grants that came closest, closest first.
     pub closest: Vec<GrantCheck>,
+    /// The access key's part, for a key login: its id, its scope as written, and how the request
+    /// compares with it (`None` when the rules denied already, or for the ping, which needs
+    /// only a valid key).
+    pub key: Option<(String, String, Option<ScopeCheck>)>,
 }
 
 /// How many near misses `explain` shows.
 const CLOSEST_SHOWN: usize = 5;
 
-/// Decides and answers like [`decide_and_answer`] and records why every grant did or did not
+/// Decides and answers like [`decide_and_answer_with_key`] and records why every grant did or did not
 /// match.
 pub(crate) fn explain(
     rules: &Rules,
@@ -438,9 +442,17 @@ pub(crate) fn explain(
     credential: Credential,
     token_mode: bool,
     request: &AccessRequest,
+    key: Option<KeyInUse>,
 ) -> Explanation {
-    let (decision, answer) = decide_and_answer(rules, user, credential, token_mode, request);
+    let (decision, answer) = decide_and_answer_with_key(rules, user, credential, token_mode, request, key);
+    let key = key.map(|k| {
+        let owner_allowed = decide(rules, user, request);
+        let check = (owner_allowed.allowed && owner_allowed.reason != Reason::PingForUsers)
+            .then(|| inside_scope(&owner_allowed, k.scope, user, request));
+        (k.id.to_string(), k.scope.to_string(), check)
+    });
     let mut explanation = Explanation {
+        key,
         answer,
         user: user.map(str::to_string),
         groups: user

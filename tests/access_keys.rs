@@ -900,3 +900,44 @@ grant * on other to alice
         assert_eq!(get_token(&service, "ci-bot", &robot).status, 401);
     }
 }
+
+#[test]
+fn explain_shows_the_keys_part_of_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("access.keys");
+    let rules = dir.path().join("registry.rules");
+    fs::write(
+        &rules,
+        "selector app = format == \"docker\" and path =^ \"/v2/team-app/\"\ngrant * on * to alice\n",
+    )
+    .unwrap();
+    create(&keys, "alice", &["--id", "pull-only", "--actions", "pull"]);
+    let explain = |method: &str| {
+        csel_auth(&[
+            "explain",
+            "--rules",
+            path_str(&rules),
+            "--access-keys",
+            path_str(&keys),
+            "--key",
+            "pull-only",
+            "--user",
+            "alice",
+            method,
+            "/v2/team-app/web/manifests/1",
+        ])
+    };
+    let o = explain("PUT");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let shown = text(&o);
+    assert!(shown.contains("decision: DENY (403)"), "{shown}");
+    assert!(
+        shown.contains("reason:   outside the scope of access key pull-only"),
+        "{shown}"
+    );
+    assert!(shown.contains("key:      pull-only (actions=pull)"), "{shown}");
+    assert!(shown.contains("✗ action in the key's actions"), "{shown}");
+    let o = explain("GET");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("✓ action in the key's actions"), "{}", text(&o));
+}
