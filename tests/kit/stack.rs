@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -143,11 +143,23 @@ impl Stack {
 
     /// [`Stack::start`] with `nginx` (one of [`super::nginx::nginx_binaries`]).
     pub fn start_on(nginx: &NginxBinary, mode: Mode, rules: &str) -> Result<Self> {
+        Self::start_with(nginx, mode, rules, None)
+    }
+
+    /// [`Stack::start`] with csel-auth reading the access keys file `keys`.
+    pub fn start_with_access_keys(mode: Mode, rules: &str, keys: &Path) -> Result<Self> {
+        Self::start_with(&NginxBinary::system()?, mode, rules, Some(keys))
+    }
+
+    fn start_with(nginx: &NginxBinary, mode: Mode, rules: &str, keys: Option<&Path>) -> Result<Self> {
         let dir = TestDir::new(&format!("stack-{mode}"))?;
         let rules_path = dir.write("registry.rules", rules)?;
         let htpasswd = dir.write("users.htpasswd", example("users.htpasswd")?)?;
         let registry = Registry::start()?;
         let mut setup = Setup::bare().rules_at(rules_path.clone()).htpasswd_at(Some(htpasswd));
+        if let Some(keys) = keys {
+            setup = setup.access_keys(keys);
+        }
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,
