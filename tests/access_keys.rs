@@ -788,6 +788,30 @@ grant * on other to alice
     }
 
     #[test]
+    fn wrong_keys_are_throttled_like_wrong_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let alices = create(&keys, "alice", &["--id", "alice-ci"]);
+        let service = start(&keys);
+        let mut wrong = alices.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == 'x' { 'y' } else { 'x' });
+        // A few failures are free (typos); the ones after them wait before their 401.
+        for _ in 0..5 {
+            assert_eq!(status(&service, "GET", APP, "alice", &wrong), 401);
+        }
+        assert!(
+            service.metric("csel_auth_throttled_logins_total") >= 1.0,
+            "{}",
+            service.metrics_text()
+        );
+        // Without a bcrypt: a key is one SHA-256.
+        assert_eq!(service.metric("csel_auth_bcrypt_checks_total"), 0.0);
+        assert_eq!(status(&service, "GET", APP, "alice", &alices), 200);
+        assert_eq!(service.metric("csel_auth_bcrypt_checks_total"), 0.0);
+    }
+
+    #[test]
     fn a_key_is_narrowed_to_its_scope() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("access.keys");

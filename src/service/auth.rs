@@ -389,8 +389,9 @@ impl App {
         match keys.verify(user, password, now) {
             KeyCheck::NotAKey => {}
             KeyCheck::Valid(key) => {
+                // The throttle is left alone: a key (maybe scoped narrowly) must not clear the
+                // failures of its owner's password, or it would help guess that password.
                 self.key_logins.record(key, now);
-                self.throttle.record_success(user, client);
                 return Checked::Key(key.id.clone());
             }
             KeyCheck::Refused { reason, key } => {
