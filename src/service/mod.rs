@@ -238,7 +238,10 @@ impl App {
                     &self.throttle,
                     self.store.htpasswd().disabled().len(),
                 ));
-                self.key_logins.render(&self.store.access_keys(), &mut text);
+                // Revoked keys' counts go with them: the map holds no more ids than the file.
+                let keys = self.store.access_keys();
+                self.key_logins.forget_missing(&keys);
+                self.key_logins.render(&keys, &mut text);
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,
