@@ -605,6 +605,63 @@ grant * on * to @admins
     }
 
     #[test]
+    fn a_key_narrows_what_its_owner_may_do() {
+        let keys = crate::access_keys::AccessKeys::parse(
+            "t.keys",
+            &format!(
+                "key pull user=alice created=2026-01-01T00:00:00Z expires=never actions=pull sha256={h}\n\
+                 key team user=alice created=2026-01-01T00:00:00Z expires=never on=(path =^ \"/v2/coolteam/\") \
+                 sha256={h}\n",
+                h = "a".repeat(64)
+            ),
+        )
+        .unwrap();
+        let rules = rules();
+        let status = |id: &str, token_mode: bool, method: &str, uri: &str| {
+            let key = keys.get(id).unwrap();
+            let credential = if token_mode {
+                Credential::Token
+            } else {
+                Credential::Basic
+            };
+            let request = AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            };
+            let key = Some(KeyInUse {
+                id: &key.id,
+                scope: &key.scope,
+            });
+            decide_and_answer_with_key(&rules, Some("alice"), credential, token_mode, &request, key)
+        };
+        let team = "/v2/coolteam/app/manifests/1";
+        let (decision, answer) = status("pull", false, "PUT", team);
+        assert_eq!(answer, Answer::Forbidden);
+        assert_eq!(decision.reason, Reason::OutsideKeyScope { key: "pull".into() });
+        assert_eq!(status("pull", true, "PUT", team).1, Answer::InsufficientScope);
+        assert_eq!(status("pull", false, "GET", team).1, Answer::Allow);
+        // The ping needs only a valid key; what the rules deny stays denied.
+        assert_eq!(status("pull", false, "GET", "/v2/").1, Answer::Allow);
+        assert_eq!(
+            status("pull", false, "GET", "/v2/secret/x/manifests/1").0.reason,
+            Reason::NoGrant
+        );
+        assert_eq!(status("team", false, "PUT", team).1, Answer::Allow);
+        assert_eq!(
+            status("team", false, "GET", "/v2/alice/x/manifests/1").1,
+            Answer::Forbidden
+        );
+        // A mount's source must be inside the key's scope too.
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let inside = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=coolteam/other");
+        let outside = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=alice/x");
+        assert_eq!(status("team", false, "POST", &inside).1, Answer::Allow);
+        assert_eq!(status("team", false, "POST", &outside).1, Answer::Forbidden);
+    }
+
+    #[test]
     fn answers() {
         let rules = rules();
         let status = |user: Option<&str>, credential, token_mode, method, uri| {
