@@ -763,6 +763,19 @@ grant * on other to alice
     }
 
     #[test]
+    fn sighup_reparses_the_keys_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        create(&keys, "alice", &["--id", "alice-ci"]);
+        let service = start(&keys);
+        let reloads = || service.metric("csel_auth_reloads_total{file=\"access_keys\",result=\"ok\"}");
+        assert_eq!(reloads(), 0.0);
+        service.signal(crate::kit::process::Signal::SIGHUP);
+        let reparsed = time_until(DEADLINE, || reloads() == 1.0);
+        assert!(reparsed.is_some(), "SIGHUP did not reparse the keys file");
+    }
+
+    #[test]
     fn wrong_secrets_other_owners_and_expired_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("access.keys");
