@@ -250,14 +250,17 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
+    #[arg(long, required_unless_present = "config")]
+    rules: Option<PathBuf>,
+    /// Take the rules, htpasswd and access keys files this config file names (the flags win).
     #[arg(long)]
-    rules: PathBuf,
+    config: Option<PathBuf>,
     /// The access keys file, for `--key`.
-    #[arg(long, requires = "key")]
+    #[arg(long)]
     access_keys: Option<PathBuf>,
     /// The request logs in with this access key (its owner is `--user`): the decision is
     /// narrowed to the key's scope.
-    #[arg(long, requires = "access_keys", requires = "user")]
+    #[arg(long, requires = "user")]
     key: Option<String>,
     #[arg(long)]
     htpasswd: Option<PathBuf>,
@@ -502,8 +505,21 @@ fn check(args: &CheckArgs) -> Result<Conclusion, Error> {
 }
 
 fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
-    let rules = Rules::load(&args.rules)?;
-    let htpasswd = load_htpasswd(args.htpasswd.as_deref())?;
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let Some(rules_path) = args.rules.clone().or(file.rules.clone()) else {
+        return Err(Error::Settings(
+            "explain needs --rules, or a config file that names `rules`".into(),
+        ));
+    };
+    let rules = Rules::load(&rules_path)?;
+    let htpasswd = load_htpasswd(args.htpasswd.clone().or(file.htpasswd.clone()).as_deref())?;
+    let keys_path = args
+        .access_keys
+        .clone()
+        .or(file.access_keys.clone().map(|section| section.file));
     let user = args.user.as_deref().filter(|u| *u != "anonymous");
     if let (Some(h), Some(u)) = (&htpasswd, user) {
         if h.is_disabled(u) {
@@ -519,9 +535,16 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
         content_type: args.content_type.as_deref(),
     };
     let credential = args.token.credential(user);
-    let keys = match &args.access_keys {
-        Some(path) => Some(crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?),
-        None => None,
+    let keys = match (&keys_path, &args.key) {
+        (Some(path), _) => {
+            Some(crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?)
+        }
+        (None, Some(_)) => {
+            return Err(Error::Settings(
+                "--key needs --access-keys FILE, or a config file with [access_keys]".into(),
+            ))
+        }
+        (None, None) => None,
     };
     let key = match (&keys, &args.key) {
         (Some(keys), Some(id)) => {

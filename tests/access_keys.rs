@@ -978,4 +978,43 @@ fn explain_shows_the_keys_part_of_the_decision() {
     let o = explain("GET");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("✓ action in the key's actions"), "{}", text(&o));
+
+    // The same files named by a config file.
+    let config = dir.path().join("csel-auth.toml");
+    fs::write(
+        &config,
+        "rules = \"registry.rules\"\n[access_keys]\nfile = \"access.keys\"\n",
+    )
+    .unwrap();
+    let o = csel_auth(&[
+        "explain",
+        "--config",
+        path_str(&config),
+        "--key",
+        "pull-only",
+        "--user",
+        "alice",
+        "PUT",
+        "/v2/team-app/web/manifests/1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("reason:   outside the scope of access key pull-only"),
+        "{}",
+        text(&o)
+    );
+    // A key without a keys file is an error, not an unscoped answer.
+    let o = csel_auth(&[
+        "explain",
+        "--rules",
+        path_str(&rules),
+        "--key",
+        "pull-only",
+        "--user",
+        "alice",
+        "GET",
+        "/v2/",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--key needs --access-keys"), "{}", text(&o));
 }
