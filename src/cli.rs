@@ -510,9 +510,7 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
         None => ConfigFile::default(),
     };
     let Some(rules_path) = args.rules.clone().or(file.rules.clone()) else {
-        return Err(Error::Settings(
-            "explain needs --rules, or a config file that names `rules`".into(),
-        ));
+        return Err(Error::NoRulesFile);
     };
     let rules = Rules::load(&rules_path)?;
     let htpasswd = load_htpasswd(args.htpasswd.clone().or(file.htpasswd.clone()).as_deref())?;
