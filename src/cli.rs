@@ -122,8 +122,6 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 /// The service's settings: flags over the config file over the defaults.
 struct ServeSettings {
     config: crate::service::Config,
-    /// `--access-keys` or `[access_keys] file`: checked at start, not yet used for logins.
-    access_keys: Option<PathBuf>,
     log: String,
     log_format: String,
 }
@@ -209,10 +207,10 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             audit_file: args.audit_log.or(file.audit.clone().map(|section| section.file)),
             ldap,
             oidc,
+            access_keys: args
+                .access_keys
+                .or(file.access_keys.clone().map(|section| section.file)),
         },
-        access_keys: args
-            .access_keys
-            .or(file.access_keys.clone().map(|section| section.file)),
         log: args.log.or(file.log.filter.clone()).unwrap_or_else(|| "info".into()),
         log_format,
     })
@@ -255,11 +253,6 @@ fn serve(args: ServeArgs) -> Result<Conclusion, Error> {
     } else {
         builder.init();
     }
-    if let Some(path) = &settings.access_keys {
-        // A file that does not load stops the start, as the htpasswd file does.
-        let keys = crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?;
-        tracing::info!(file = %path.display(), keys = keys.len(), "access keys loaded");
-    }
     crate::service::run(settings.config)?;
     Ok(Conclusion::Yes)
 }
@@ -286,16 +279,24 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
-    #[arg(long)]
-    rules: PathBuf,
-    /// The service's config file: with `[ldap]`, the user's groups are read from the directory
-    /// (service account only); with `[ldap]` or `[[oidc]]`, `@name` not defined in the rules
-    /// file names a group of that source.
+    #[arg(long, required_unless_present = "config")]
+    rules: Option<PathBuf>,
+    /// The service's config file: the rules, htpasswd and access keys files it names (the flags
+    /// win); with `[ldap]`, the user's groups are read from the directory (service account
+    /// only); with `[ldap]` or `[[oidc]]`, `@name` not defined in the rules file names a group
+    /// of that source.
     #[arg(long)]
     config: Option<PathBuf>,
     /// A group an identity source (LDAP, OIDC) says the user is in (repeatable).
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
+    /// The access keys file, for `--key`.
+    #[arg(long)]
+    access_keys: Option<PathBuf>,
+    /// The request logs in with this access key (its owner is `--user`): the decision is
+    /// narrowed to the key's scope.
+    #[arg(long, requires = "user")]
+    key: Option<String>,
     #[arg(long)]
     htpasswd: Option<PathBuf>,
     /// The requesting user; anonymous when absent.
@@ -564,8 +565,15 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
     let options = RulesOptions {
         external_groups: ldap.is_some() || !oidc.is_empty() || !args.groups.is_empty(),
     };
-    let rules = Rules::load_with(&args.rules, options)?;
-    let htpasswd = load_htpasswd(args.htpasswd.as_deref())?;
+    let Some(rules_path) = args.rules.clone().or(file.rules.clone()) else {
+        return Err(Error::NoRulesFile);
+    };
+    let rules = Rules::load_with(&rules_path, options)?;
+    let htpasswd = load_htpasswd(args.htpasswd.clone().or(file.htpasswd.clone()).as_deref())?;
+    let keys_path = args
+        .access_keys
+        .clone()
+        .or(file.access_keys.clone().map(|section| section.file));
     let user = args.user.as_deref().filter(|u| *u != "anonymous");
     let mut groups = args.groups.clone();
     if let (Some(settings), Some(u)) = (ldap, user) {
@@ -608,8 +616,46 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
         content_type: args.content_type.as_deref(),
     };
     let credential = args.token.credential(user);
+    let keys = match (&keys_path, &args.key) {
+        (Some(path), _) => {
+            Some(crate::access_keys::AccessKeys::load(path).map_err(|e| Error::Settings(e.to_string()))?)
+        }
+        (None, Some(_)) => {
+            return Err(Error::Settings(
+                "--key needs --access-keys FILE, or a config file with [access_keys]".into(),
+            ))
+        }
+        (None, None) => None,
+    };
+    let key = match (&keys, &args.key) {
+        (Some(keys), Some(id)) => {
+            let Some(key) = keys.get(id) else {
+                return Err(Error::Settings(format!(
+                    "{}: no access key has the id `{id}` (see `csel-auth access-key list`)",
+                    keys.source_name()
+                )));
+            };
+            if Some(key.owner.as_str()) != user {
+                println!(
+                    "note: key `{id}` belongs to `{}`: given with another name, the service would answer 401 \
+                     before any rule",
+                    key.owner
+                );
+            } else if key.is_expired(std::time::SystemTime::now()) {
+                println!(
+                    "note: key `{id}` expired at {}: the service would answer 401 before any rule",
+                    key.expires
+                );
+            }
+            Some(crate::decision::KeyInUse {
+                id: key.id.as_str(),
+                scope: &key.scope,
+            })
+        }
+        _ => None,
+    };
     let subject = crate::decision::Subject { user, groups: &groups };
-    let explanation = explain(&rules, &subject, credential, args.token.token_mode, &request);
+    let explanation = explain(&rules, &subject, credential, args.token.token_mode, &request, key);
     print_explanation(&explanation, &args.method);
     Ok(Conclusion::from(explanation.answer == Answer::Allow))
 }
@@ -640,6 +686,20 @@ fn print_explanation(e: &Explanation, method: &str) {
         }
     }
     println!("reason:   {}", d.reason);
+    if let Some((id, scope, check)) = &e.key {
+        println!("key:      {id} ({scope})");
+        match check {
+            None => println!("  (not consulted: the rules decided, or the /v2/ ping needs only a valid key)"),
+            Some(c) => {
+                let mark = |ok: bool| if ok { "✓" } else { "✗" };
+                println!("  {} action in the key's actions", mark(c.action_ok));
+                println!("  {} request matches the key's `on` expression", mark(c.on_ok));
+                if let Some(mount) = c.mount_ok {
+                    println!("  {} mount source inside the key's scope", mark(mount));
+                }
+            }
+        }
+    }
     if !e.matched.is_empty() {
         println!("matching grants:");
         for g in &e.matched {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::access_keys::KeyScope;
 use crate::csel::{Expr, Facts};
 use crate::request::{canonicalize, DockerRoute, Rejection};
 use crate::rules::{Action, Grant, Rules, Target};
@@ -55,6 +56,8 @@ pub enum Reason {
     BadMount(Rejection),
     /// A cross-repository mount from a repository the subject cannot read.
     MountSourceDenied { from: String },
+    /// The rules allow the owner, but the access key used is scoped narrower.
+    OutsideKeyScope { key: String },
 }
 
 impl fmt::Display for Reason {
@@ -71,6 +74,7 @@ impl fmt::Display for Reason {
             ),
             Reason::BadMount(why) => write!(f, "refused mount: {why}"),
             Reason::MountSourceDenied { from } => write!(f, "mount source {from} is not readable"),
+            Reason::OutsideKeyScope { key } => write!(f, "outside the scope of access key {key}"),
         }
     }
 }
@@ -179,24 +183,118 @@ pub fn decide_and_answer(
     token_mode: bool,
     request: &AccessRequest,
 ) -> (Decision, Answer) {
-    decide_and_answer_for(rules, &Subject::local(user), credential, token_mode, request)
+    decide_and_answer_for(rules, &Subject::local(user), credential, token_mode, request, None)
 }
 
-/// [`decide_and_answer`] for a subject with groups from an identity source.
+/// The access key a request logged in with (directly, or through a token issued for it).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyInUse<'a> {
+    pub id: &'a str,
+    pub scope: &'a KeyScope,
+}
+
+/// [`decide_and_answer`] for a subject with groups from an identity source, and for a request
+/// that logged in with an access key: what the rules allow the owner is narrowed to the key's
+/// scope (see [`narrow_to_scope`]).
 pub fn decide_and_answer_for(
     rules: &Rules,
     subject: &Subject,
     credential: Credential,
     token_mode: bool,
     request: &AccessRequest,
+    key: Option<KeyInUse>,
 ) -> (Decision, Answer) {
     let mut decision = decide_for(rules, subject, request);
+    if let Some(key) = key {
+        decision = narrow_to_scope(decision, key, subject.user, request);
+    }
     if credential == Credential::Token && !decision.allowed && decision.docker == Some(DockerRoute::Base) {
         decision.allowed = true;
         decision.reason = Reason::PingForUsers;
     }
     let answer = answer(&decision, credential, token_mode);
     (decision, answer)
+}
+
+/// Narrows an allowed decision to an access key's scope: the key's actions must include the
+/// request's action and its `on` expression must match the request (with the owner as
+/// `user`); a blob mount must also be inside the scope as a read of its source, or a key
+/// scoped to one repository could copy blobs in from any other its owner reads. The `/v2/`
+/// ping needs only a valid key: it is how `docker login` checks credentials.
+pub fn narrow_to_scope(mut decision: Decision, key: KeyInUse, user: Option<&str>, request: &AccessRequest) -> Decision {
+    if !decision.allowed || decision.reason == Reason::PingForUsers {
+        return decision;
+    }
+    if !inside_scope(&decision, key.scope, user, request).all() {
+        decision.allowed = false;
+        decision.reason = Reason::OutsideKeyScope {
+            key: key.id.to_string(),
+        };
+    }
+    decision
+}
+
+/// How a request compares with an access key's scope, for [`narrow_to_scope`] and `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScopeCheck {
+    pub action_ok: bool,
+    pub on_ok: bool,
+    /// `None` when the request mounts no blob.
+    pub mount_ok: Option<bool>,
+}
+
+impl ScopeCheck {
+    pub(crate) fn all(&self) -> bool {
+        self.action_ok && self.on_ok && self.mount_ok != Some(false)
+    }
+}
+
+pub(crate) fn inside_scope(
+    decision: &Decision,
+    scope: &KeyScope,
+    user: Option<&str>,
+    request: &AccessRequest,
+) -> ScopeCheck {
+    let (Some(path), Some(action)) = (decision.path.as_deref(), decision.action) else {
+        return ScopeCheck {
+            action_ok: false,
+            on_ok: false,
+            mount_ok: None,
+        };
+    };
+    let facts = Facts {
+        format: request.format,
+        path,
+        method: request.method,
+        user,
+    };
+    let action_ok = scope.actions.contains(action);
+    let on_ok = scope.on.as_ref().is_none_or(|on| on.matches(&facts));
+    let mut mount_ok = None;
+    if matches!(decision.docker, Some(DockerRoute::BlobUploadStart { .. })) {
+        // A mount source that does not parse was refused by `decide` already; fail closed anyway.
+        mount_ok = match canonicalize(request.uri, request.format).map(|t| t.mount()) {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(mount))) => {
+                let source = mount.source_blob_path();
+                Some(scope.allows(
+                    Action::Read,
+                    &Facts {
+                        format: request.format,
+                        path: &source,
+                        method: "GET",
+                        user,
+                    },
+                ))
+            }
+            _ => Some(false),
+        };
+    }
+    ScopeCheck {
+        action_ok,
+        on_ok,
+        mount_ok,
+    }
 }
 
 fn deny(reason: Reason) -> Decision {
@@ -355,12 +453,16 @@ pub(crate) struct Explanation {
     pub matched: Vec<GrantCheck>,
     /// When denied: the grants that came closest, closest first.
     pub closest: Vec<GrantCheck>,
+    /// The access key's part, for a key login: its id, its scope as written, and how the request
+    /// compares with it (`None` when the rules denied already, or for the ping, which needs
+    /// only a valid key).
+    pub key: Option<(String, String, Option<ScopeCheck>)>,
 }
 
 /// How many near misses `explain` shows.
 const CLOSEST_SHOWN: usize = 5;
 
-/// Decides and answers like [`decide_and_answer`] and records why every grant did or did not
+/// Decides and answers like [`decide_and_answer_for`] and records why every grant did or did not
 /// match.
 pub(crate) fn explain(
     rules: &Rules,
@@ -368,11 +470,19 @@ pub(crate) fn explain(
     credential: Credential,
     token_mode: bool,
     request: &AccessRequest,
+    key: Option<KeyInUse>,
 ) -> Explanation {
     let user = subject.user;
     let external: &[String] = if user.is_some() { subject.groups } else { &[] };
-    let (decision, answer) = decide_and_answer_for(rules, subject, credential, token_mode, request);
+    let (decision, answer) = decide_and_answer_for(rules, subject, credential, token_mode, request, key);
+    let key = key.map(|k| {
+        let owner_allowed = decide_for(rules, subject, request);
+        let check = (owner_allowed.allowed && owner_allowed.reason != Reason::PingForUsers)
+            .then(|| inside_scope(&owner_allowed, k.scope, user, request));
+        (k.id.to_string(), k.scope.to_string(), check)
+    });
     let mut explanation = Explanation {
+        key,
         answer,
         user: user.map(str::to_string),
         groups: user
@@ -533,6 +643,70 @@ grant * on * to @admins
     }
 
     #[test]
+    fn a_key_narrows_what_its_owner_may_do() {
+        let keys = crate::access_keys::AccessKeys::parse(
+            "t.keys",
+            &format!(
+                "key pull user=alice created=2026-01-01T00:00:00Z expires=never actions=pull sha256={h}\n\
+                 key team user=alice created=2026-01-01T00:00:00Z expires=never on=(path =^ \"/v2/coolteam/\") \
+                 sha256={h}\n",
+                h = "a".repeat(64)
+            ),
+        )
+        .unwrap();
+        let rules = rules();
+        let status = |id: &str, token_mode: bool, method: &str, uri: &str| {
+            let key = keys.get(id).unwrap();
+            let credential = if token_mode {
+                Credential::Token
+            } else {
+                Credential::Basic
+            };
+            let request = AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            };
+            let key = Some(KeyInUse {
+                id: &key.id,
+                scope: &key.scope,
+            });
+            decide_and_answer_for(
+                &rules,
+                &Subject::local(Some("alice")),
+                credential,
+                token_mode,
+                &request,
+                key,
+            )
+        };
+        let team = "/v2/coolteam/app/manifests/1";
+        let (decision, answer) = status("pull", false, "PUT", team);
+        assert_eq!(answer, Answer::Forbidden);
+        assert_eq!(decision.reason, Reason::OutsideKeyScope { key: "pull".into() });
+        assert_eq!(status("pull", true, "PUT", team).1, Answer::InsufficientScope);
+        assert_eq!(status("pull", false, "GET", team).1, Answer::Allow);
+        // The ping needs only a valid key; what the rules deny stays denied.
+        assert_eq!(status("pull", false, "GET", "/v2/").1, Answer::Allow);
+        assert_eq!(
+            status("pull", false, "GET", "/v2/secret/x/manifests/1").0.reason,
+            Reason::NoGrant
+        );
+        assert_eq!(status("team", false, "PUT", team).1, Answer::Allow);
+        assert_eq!(
+            status("team", false, "GET", "/v2/alice/x/manifests/1").1,
+            Answer::Forbidden
+        );
+        // A mount's source must be inside the key's scope too.
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let inside = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=coolteam/other");
+        let outside = format!("/v2/coolteam/app/blobs/uploads/?mount={digest}&from=alice/x");
+        assert_eq!(status("team", false, "POST", &inside).1, Answer::Allow);
+        assert_eq!(status("team", false, "POST", &outside).1, Answer::Forbidden);
+    }
+
+    #[test]
     fn answers() {
         let rules = rules();
         let status = |user: Option<&str>, credential, token_mode, method, uri| {
@@ -642,6 +816,7 @@ grant pull on (path =^ "/v2/dev/") to @developers
             Credential::Basic,
             false,
             &request,
+            None,
         );
         assert!(explained.decision.allowed);
         assert_eq!(explained.external_groups, ["developers"]);

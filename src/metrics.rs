@@ -46,6 +46,7 @@ impl Outcome {
 pub(crate) enum Watched {
     Rules,
     Htpasswd,
+    AccessKeys,
 }
 
 impl Watched {
@@ -53,8 +54,12 @@ impl Watched {
         match self {
             Watched::Rules => "rules",
             Watched::Htpasswd => "htpasswd",
+            Watched::AccessKeys => "access_keys",
         }
     }
+
+    /// Every watched file, in the order of the reload's arrays.
+    pub(crate) const ALL: [Watched; 3] = [Watched::Rules, Watched::Htpasswd, Watched::AccessKeys];
 }
 
 #[derive(Default)]
@@ -79,6 +84,7 @@ pub(crate) struct Metrics {
     latency_sum_nanos: AtomicU64,
     pub rules: FileMetrics,
     pub htpasswd: FileMetrics,
+    pub access_keys: FileMetrics,
     pub tokens_issued: AtomicU64,
     pub token_failures: AtomicU64,
     pub throttled_logins: AtomicU64,
@@ -90,6 +96,7 @@ impl Metrics {
         match which {
             Watched::Rules => &self.rules,
             Watched::Htpasswd => &self.htpasswd,
+            Watched::AccessKeys => &self.access_keys,
         }
     }
 
@@ -178,7 +185,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP csel_auth_{name} {help}");
             let _ = writeln!(out, "# TYPE csel_auth_{name} {kind}");
-            for which in [Watched::Rules, Watched::Htpasswd] {
+            for which in Watched::ALL {
                 let f = self.file(which);
                 let file = which.label();
                 match name {

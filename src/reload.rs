@@ -1,4 +1,4 @@
-//! Hot reload of the rules and htpasswd files.
+//! Hot reload of the rules, htpasswd and access keys files.
 //!
 //! The versions in force live in `ArcSwap`s: a request takes the current
 //! `Arc` once and finishes on it, a reload swaps in a new one without a lock.
@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
+use crate::access_keys::AccessKeys;
 use crate::identity::{Htpasswd, HtpasswdError};
 use crate::metrics::{Metrics, Watched};
 use crate::rules::{LoadError, Rules, RulesOptions};
@@ -48,16 +49,18 @@ const MAX_DEBOUNCE: Duration = Duration::from_millis(100);
 
 type Fingerprint = [u8; 32];
 
-/// The rules and users in force, and where they come from.
+/// The rules, users and access keys in force, and where they come from.
 pub(crate) struct Store {
     rules: ArcSwap<Rules>,
     htpasswd: ArcSwap<Htpasswd>,
+    access_keys: ArcSwap<AccessKeys>,
     rules_path: PathBuf,
     htpasswd_path: Option<PathBuf>,
+    access_keys_path: Option<PathBuf>,
     metrics: Arc<Metrics>,
     /// Content last seen for each file (loaded or refused), so an unchanged
     /// file is not parsed again and a broken one is logged once.
-    seen: Mutex<[Option<Seen>; 2]>,
+    seen: Mutex<[Option<Seen>; 3]>,
     /// One check at a time, so an older read can never be stored after a
     /// newer one.
     checking: Mutex<()>,
@@ -65,7 +68,7 @@ pub(crate) struct Store {
     /// watcher), by the path the events name.
     writers: Mutex<HashMap<PathBuf, Writer>>,
     /// Counts writes to each watched file: a read that overlapped one is not used.
-    writes: [AtomicU64; 2],
+    writes: [AtomicU64; 3],
 }
 
 /// A watched file written to and not closed since.
@@ -121,6 +124,8 @@ pub(crate) enum OpenError {
     Rules(#[from] LoadError),
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
+    #[error(transparent)]
+    AccessKeys(#[from] crate::access_keys::LoadError),
 }
 
 /// Why watching the files could not start.
@@ -143,39 +148,51 @@ pub(crate) enum WatchError {
 }
 
 impl Store {
-    /// Loads both files; any error stops the start-up.
+    /// Loads the files; any error stops the start-up.
     pub(crate) fn open(
         rules_path: &Path,
         htpasswd_path: Option<&Path>,
         rules_options: RulesOptions,
+        access_keys_path: Option<&Path>,
         metrics: Arc<Metrics>,
     ) -> Result<Store, OpenError> {
         let rules_before = fingerprint_of(rules_path);
         let htpasswd_before = htpasswd_path.and_then(fingerprint_of);
+        let access_keys_before = access_keys_path.and_then(fingerprint_of);
         let rules = Rules::load_with(rules_path, rules_options)?;
         let htpasswd = match htpasswd_path {
             Some(p) => Htpasswd::load(p)?,
             None => Htpasswd::empty(),
         };
-        for which in [Watched::Rules, Watched::Htpasswd] {
+        let access_keys = match access_keys_path {
+            Some(p) => AccessKeys::load(p)?,
+            None => AccessKeys::empty(),
+        };
+        for which in Watched::ALL {
             metrics.file(which).version.store(1, Ordering::Relaxed);
             metrics.file(which).loaded_at.store(now_unix(), Ordering::Relaxed);
         }
         let store = Store {
             rules: ArcSwap::from_pointee(rules),
             htpasswd: ArcSwap::from_pointee(htpasswd),
+            access_keys: ArcSwap::from_pointee(access_keys),
             rules_path: rules_path.to_path_buf(),
             htpasswd_path: htpasswd_path.map(Path::to_path_buf),
+            access_keys_path: access_keys_path.map(Path::to_path_buf),
             metrics,
-            seen: Mutex::new([None, None]),
+            seen: Mutex::new([None, None, None]),
             checking: Mutex::new(()),
             writers: Mutex::new(HashMap::new()),
-            writes: [AtomicU64::new(0), AtomicU64::new(0)],
+            writes: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
         };
         // Remember what was loaded, so the first check does not reload it.
         // Only when the file did not change while it was being loaded:
         // otherwise the first check must load the newer content.
-        for (which, before) in [(Watched::Rules, rules_before), (Watched::Htpasswd, htpasswd_before)] {
+        for (which, before) in [
+            (Watched::Rules, rules_before),
+            (Watched::Htpasswd, htpasswd_before),
+            (Watched::AccessKeys, access_keys_before),
+        ] {
             if let Some(path) = store.path(which) {
                 if let (Some(before), Some(after)) = (before, fingerprint_of(path)) {
                     if before == after {
@@ -195,10 +212,17 @@ impl Store {
         self.htpasswd.load_full()
     }
 
+    /// The access keys in force (none without a keys file). Read on every request that uses
+    /// a key or a key's token, so a revocation ends them with the reload.
+    pub(crate) fn access_keys(&self) -> Arc<AccessKeys> {
+        self.access_keys.load_full()
+    }
+
     fn path(&self, which: Watched) -> Option<&Path> {
         match which {
             Watched::Rules => Some(&self.rules_path),
             Watched::Htpasswd => self.htpasswd_path.as_deref(),
+            Watched::AccessKeys => self.access_keys_path.as_deref(),
         }
     }
 
@@ -217,7 +241,7 @@ impl Store {
     /// writer's close brings the next check.
     pub(crate) fn check(&self, how: Check) {
         let _one_at_a_time = self.checking.lock();
-        let to_read: Vec<(Watched, &Path)> = [Watched::Rules, Watched::Htpasswd]
+        let to_read: Vec<(Watched, &Path)> = Watched::ALL
             .into_iter()
             .filter_map(|which| Some((which, self.path(which)?)))
             .filter(|(which, path)| how != Check::Periodic || self.may_have_changed(*which, path))
@@ -233,7 +257,7 @@ impl Store {
                 !written
             })
             .collect();
-        // Both files settle together: a change to one is not held up by the
+        // The files settle together: a change to one is not held up by the
         // other's wait.
         let paths: Vec<&Path> = to_read.iter().map(|(_, path)| *path).collect();
         let writes_before: Vec<u64> = to_read.iter().map(|(which, _)| self.write_count(*which)).collect();
@@ -306,6 +330,12 @@ impl Store {
                     .map_err(|e| e.to_string()),
                 Err(_) => Err(format!("{shown}: the htpasswd file is not valid UTF-8")),
             },
+            Watched::AccessKeys => match std::str::from_utf8(&bytes) {
+                Ok(text) => AccessKeys::parse(&shown, text)
+                    .map(|k| self.access_keys.store(Arc::new(k)))
+                    .map_err(|e| e.to_string()),
+                Err(_) => Err(format!("{shown}: the access keys file is not valid UTF-8")),
+            },
         };
         match result {
             Ok(()) => {
@@ -335,11 +365,15 @@ impl Store {
     /// `registry.rules -> ..data/registry.rules`, `..data -> ..2024_…`).
     /// Symlinks can be retargeted, so this is recomputed after each change.
     fn watched_directories(&self) -> BTreeSet<PathBuf> {
-        [Some(self.rules_path.as_path()), self.htpasswd_path.as_deref()]
-            .into_iter()
-            .flatten()
-            .flat_map(directories_on_the_way)
-            .collect()
+        [
+            Some(self.rules_path.as_path()),
+            self.htpasswd_path.as_deref(),
+            self.access_keys_path.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(directories_on_the_way)
+        .collect()
     }
 }
 
@@ -403,7 +437,7 @@ pub(crate) enum Check {
     Event,
     /// The timer: read only files whose size, time or inode changed.
     Periodic,
-    /// SIGHUP: reparse both files.
+    /// SIGHUP: reparse every file.
     Forced,
 }
 
@@ -458,7 +492,7 @@ impl Store {
     /// Which watched file `path` is, or resolves to.
     fn watched_file(&self, path: &Path) -> Option<Watched> {
         let real = std::fs::canonicalize(path).ok()?;
-        [Watched::Rules, Watched::Htpasswd].into_iter().find(|which| {
+        Watched::ALL.into_iter().find(|which| {
             self.path(*which)
                 .is_some_and(|p| std::fs::canonicalize(p).is_ok_and(|r| r == real))
         })
@@ -486,7 +520,7 @@ impl Store {
 
     /// `/metrics`: which files wait for a writer.
     fn show_writers(&self, writers: &HashMap<PathBuf, Writer>) {
-        for which in [Watched::Rules, Watched::Htpasswd] {
+        for which in Watched::ALL {
             let waiting = writers.values().any(|w| w.which == which);
             self.metrics
                 .file(which)
@@ -655,7 +689,7 @@ pub(crate) fn start(store: Arc<Store>, period: Duration) -> Result<(), WatchErro
     Ok(())
 }
 
-/// SIGHUP: reparse both files, off the async threads.
+/// SIGHUP: reparse every file, off the async threads.
 pub(crate) fn reload_now(store: &Arc<Store>) {
     let store = Arc::clone(store);
     std::thread::spawn(move || store.check(Check::Forced));

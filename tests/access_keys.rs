@@ -610,7 +610,8 @@ fn serve_does_not_start_with_a_broken_keys_file() {
         "--access-keys",
         path_str(&path),
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Like a broken rules or htpasswd file: the service does not start (exit 1).
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(&format!("--> {}:1:", path.display())), "{}", text(&o));
 }
 
@@ -665,4 +666,340 @@ fn verification_of_keys_made_by_the_commands() {
     };
     assert!(key.scope.allows(csel_auth::rules::Action::Read, &facts));
     assert!(!key.scope.allows(csel_auth::rules::Action::Edit, &facts));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys through the service: logins, scope, reload, tokens, metrics
+// ---------------------------------------------------------------------------------------------
+
+mod service {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{create, csel_auth, path_str, text};
+    use crate::kit::http::Response;
+    use crate::kit::service::{CselAuth, Setup};
+    use crate::kit::wait::time_until;
+    use crate::kit::{basic, password};
+
+    /// `ci-bot` exists only here (no htpasswd line): a robot whose keys are its only way in.
+    const RULES: &str = r#"
+selector app   = format == "docker" and path =^ "/v2/team-app/"
+selector other = format == "docker" and path =^ "/v2/other/"
+group builders = ci-bot
+grant push on app to @builders
+grant * on app to alice
+grant * on other to alice
+"#;
+    const APP: &str = "/v2/team-app/web/manifests/1.0";
+    const OTHER: &str = "/v2/other/web/manifests/1.0";
+    /// A key's revocation or expiry is in force within this; generous for a loaded machine
+    /// (the reload itself takes milliseconds).
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn start(keys: &Path) -> CselAuth {
+        Setup::new(RULES).access_keys(keys).start()
+    }
+
+    fn status(service: &CselAuth, method: &str, uri: &str, user: &str, secret: &str) -> u16 {
+        service.auth(method, uri, Some((user, secret))).status
+    }
+
+    fn revoke(keys: &Path, id: &str) {
+        let o = csel_auth(&["access-key", "revoke", "--file", path_str(keys), "--id", id]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+
+    #[test]
+    fn a_key_logs_in_as_its_owner_until_it_is_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let secret = create(&keys, "alice", &["--id", "alice-ci"]);
+        let service = start(&keys);
+
+        let response = service.auth("PUT", APP, Some(("alice", &secret)));
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("x-auth-user"), Some("alice"));
+        assert_eq!(status(&service, "GET", "/v2/", "alice", &secret), 200);
+        // Counted, and named in the decision log, the secret never.
+        let metrics = service.metrics_text();
+        assert!(
+            metrics.contains("csel_auth_access_key_logins_total{id=\"alice-ci\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("csel_auth_reloads_total{file=\"access_keys\",result=\"ok\"}"),
+            "{metrics}"
+        );
+        let log = service.wait_for_log("key=\"alice-ci\"", DEADLINE);
+        assert!(!log.contains(&secret), "the secret is logged:\n{log}");
+
+        revoke(&keys, "alice-ci");
+        let took = time_until(DEADLINE, || status(&service, "PUT", APP, "alice", &secret) == 401);
+        assert!(took.is_some(), "a revoked key still logs in after {DEADLINE:?}");
+        // Refused, not handed to the password check: the password still works.
+        assert_eq!(status(&service, "PUT", APP, "alice", &password("alice")), 200);
+        let log = service.wait_for_log("reason=\"unknown_id\"", DEADLINE);
+        assert!(!log.contains(&secret), "the secret is logged:\n{log}");
+        assert_eq!(
+            service.metric("csel_auth_reloads_total{file=\"access_keys\",result=\"ok\"}"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn sighup_reparses_the_keys_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        create(&keys, "alice", &["--id", "alice-ci"]);
+        let service = start(&keys);
+        let reloads = || service.metric("csel_auth_reloads_total{file=\"access_keys\",result=\"ok\"}");
+        assert_eq!(reloads(), 0.0);
+        service.signal(crate::kit::process::Signal::SIGHUP);
+        let reparsed = time_until(DEADLINE, || reloads() == 1.0);
+        assert!(reparsed.is_some(), "SIGHUP did not reparse the keys file");
+    }
+
+    #[test]
+    fn wrong_secrets_other_owners_and_expired_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let alices = create(&keys, "alice", &["--id", "alice-ci"]);
+        let short = create(&keys, "alice", &["--id", "short", "--expires", "3s"]);
+        let service = start(&keys);
+
+        let mut wrong = alices.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == 'x' { 'y' } else { 'x' });
+        assert_eq!(status(&service, "GET", APP, "alice", &wrong), 401);
+        service.wait_for_log("reason=\"wrong_secret\"", DEADLINE);
+        // Alice's key with bob's name (bob has a password; the key is not it).
+        assert_eq!(status(&service, "GET", "/v2/", "bob", &alices), 401);
+        service.wait_for_log("reason=\"other_owner\"", DEADLINE);
+        // Not a password either: a key is never tried as one.
+        assert_eq!(status(&service, "GET", APP, "alice", &alices), 200);
+
+        assert_eq!(status(&service, "GET", APP, "alice", &short), 200);
+        let took = time_until(DEADLINE, || status(&service, "GET", APP, "alice", &short) == 401);
+        assert!(took.is_some(), "an expired key still logs in");
+        service.wait_for_log("reason=\"expired\"", DEADLINE);
+    }
+
+    #[test]
+    fn wrong_keys_are_throttled_like_wrong_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let alices = create(&keys, "alice", &["--id", "alice-ci"]);
+        let service = start(&keys);
+        let mut wrong = alices.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == 'x' { 'y' } else { 'x' });
+        // A few failures are free (typos); the ones after them wait before their 401.
+        for _ in 0..5 {
+            assert_eq!(status(&service, "GET", APP, "alice", &wrong), 401);
+        }
+        assert!(
+            service.metric("csel_auth_throttled_logins_total") >= 1.0,
+            "{}",
+            service.metrics_text()
+        );
+        // Without a bcrypt: a key is one SHA-256.
+        assert_eq!(service.metric("csel_auth_bcrypt_checks_total"), 0.0);
+        assert_eq!(status(&service, "GET", APP, "alice", &alices), 200);
+        assert_eq!(service.metric("csel_auth_bcrypt_checks_total"), 0.0);
+    }
+
+    #[test]
+    fn a_key_is_narrowed_to_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let pull = create(&keys, "alice", &["--id", "pull-only", "--actions", "pull"]);
+        let on_app = create(
+            &keys,
+            "alice",
+            &["--id", "app-only", "--on", r#"path =^ "/v2/team-app/""#],
+        );
+        let service = start(&keys);
+
+        // Alice can push both; her pull key cannot, and still logs in (docker login pings).
+        assert_eq!(service.auth_user("PUT", APP, "alice").status, 200);
+        assert_eq!(service.auth_user("PUT", OTHER, "alice").status, 200);
+        assert_eq!(status(&service, "GET", "/v2/", "alice", &pull), 200);
+        assert_eq!(status(&service, "GET", APP, "alice", &pull), 200);
+        assert_eq!(status(&service, "PUT", APP, "alice", &pull), 403);
+        assert_eq!(status(&service, "DELETE", APP, "alice", &pull), 403);
+        service.wait_for_log("outside the scope of access key pull-only", DEADLINE);
+
+        assert_eq!(status(&service, "PUT", APP, "alice", &on_app), 200);
+        assert_eq!(status(&service, "GET", OTHER, "alice", &on_app), 403);
+        assert_eq!(status(&service, "PUT", OTHER, "alice", &on_app), 403);
+        // A blob mount reads its source: outside the key's repository, refused.
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let mount = format!("/v2/team-app/web/blobs/uploads/?mount={digest}&from=other/web");
+        assert_eq!(service.auth_user("POST", &mount, "alice").status, 200);
+        assert_eq!(status(&service, "POST", &mount, "alice", &on_app), 403);
+    }
+
+    #[test]
+    fn a_robot_only_in_the_rules_logs_in_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let robot = create(&keys, "ci-bot", &["--id", "ci-bot-push", "--actions", "push"]);
+        let service = start(&keys);
+
+        assert_eq!(status(&service, "GET", "/v2/", "ci-bot", &robot), 200);
+        assert_eq!(status(&service, "PUT", APP, "ci-bot", &robot), 200);
+        assert_eq!(status(&service, "PUT", OTHER, "ci-bot", &robot), 403);
+        // No password logs it in.
+        assert_eq!(status(&service, "GET", "/v2/", "ci-bot", "ci-bot-password"), 401);
+    }
+
+    fn get_token(service: &CselAuth, user: &str, secret: &str) -> Response {
+        let authorization = basic(user, secret);
+        service.request(
+            "GET",
+            "/token?service=test-registry&scope=repository:team-app/web:pull,push",
+            &[("Authorization", &authorization)],
+            b"",
+        )
+    }
+
+    fn token_of(response: &Response) -> String {
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()["token"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn tokens_from_a_key_end_with_the_key_and_keep_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let robot = create(&keys, "ci-bot", &["--id", "ci-bot-push", "--actions", "push"]);
+        let pull = create(&keys, "alice", &["--id", "pull-only", "--actions", "pull"]);
+        let service = Setup::new(RULES)
+            .access_keys(&keys)
+            .token_realm(dir.path().join("token.key"))
+            .start();
+
+        let token = token_of(&get_token(&service, "ci-bot", &robot));
+        assert_eq!(service.auth_bearer("PUT", APP, &token).status, 200);
+        assert_eq!(service.auth_bearer("GET", "/v2/", &token).status, 200);
+        let outside = service.auth_bearer("PUT", OTHER, &token);
+        assert_eq!(outside.status, 401);
+        assert!(
+            outside
+                .header("www-authenticate")
+                .is_some_and(|c| c.contains("insufficient_scope")),
+            "{:?}",
+            outside.header("www-authenticate")
+        );
+        // The password grant too.
+        let form = format!("grant_type=password&service=test-registry&client_id=t&username=ci-bot&password={robot}");
+        let granted = service.request(
+            "POST",
+            "/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        );
+        let posted = token_of(&granted);
+        assert_eq!(service.auth_bearer("PUT", APP, &posted).status, 200);
+
+        // The key's scope holds for its tokens: alice's pull key cannot push through one.
+        let alices = token_of(&get_token(&service, "alice", &pull));
+        assert_eq!(service.auth_bearer("GET", APP, &alices).status, 200);
+        assert_eq!(service.auth_bearer("PUT", APP, &alices).status, 401);
+
+        revoke(&keys, "ci-bot-push");
+        let took = time_until(DEADLINE, || service.auth_bearer("PUT", APP, &token).status == 401);
+        assert!(took.is_some(), "a revoked key's token still works after {DEADLINE:?}");
+        let ended = service.auth_bearer("PUT", APP, &posted);
+        assert_eq!(ended.status, 401);
+        assert!(
+            ended
+                .header("www-authenticate")
+                .is_some_and(|c| c.contains("invalid_token")),
+            "{:?}",
+            ended.header("www-authenticate")
+        );
+        assert_eq!(get_token(&service, "ci-bot", &robot).status, 401);
+    }
+}
+
+#[test]
+fn explain_shows_the_keys_part_of_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("access.keys");
+    let rules = dir.path().join("registry.rules");
+    fs::write(
+        &rules,
+        "selector app = format == \"docker\" and path =^ \"/v2/team-app/\"\ngrant * on * to alice\n",
+    )
+    .unwrap();
+    create(&keys, "alice", &["--id", "pull-only", "--actions", "pull"]);
+    let explain = |method: &str| {
+        csel_auth(&[
+            "explain",
+            "--rules",
+            path_str(&rules),
+            "--access-keys",
+            path_str(&keys),
+            "--key",
+            "pull-only",
+            "--user",
+            "alice",
+            method,
+            "/v2/team-app/web/manifests/1",
+        ])
+    };
+    let o = explain("PUT");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let shown = text(&o);
+    assert!(shown.contains("decision: DENY (403)"), "{shown}");
+    assert!(
+        shown.contains("reason:   outside the scope of access key pull-only"),
+        "{shown}"
+    );
+    assert!(shown.contains("key:      pull-only (actions=pull)"), "{shown}");
+    assert!(shown.contains("✗ action in the key's actions"), "{shown}");
+    let o = explain("GET");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("✓ action in the key's actions"), "{}", text(&o));
+
+    // The same files named by a config file.
+    let config = dir.path().join("csel-auth.toml");
+    fs::write(
+        &config,
+        "rules = \"registry.rules\"\n[access_keys]\nfile = \"access.keys\"\n",
+    )
+    .unwrap();
+    let o = csel_auth(&[
+        "explain",
+        "--config",
+        path_str(&config),
+        "--key",
+        "pull-only",
+        "--user",
+        "alice",
+        "PUT",
+        "/v2/team-app/web/manifests/1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("reason:   outside the scope of access key pull-only"),
+        "{}",
+        text(&o)
+    );
+    // A key without a keys file is an error, not an unscoped answer.
+    let o = csel_auth(&[
+        "explain",
+        "--rules",
+        path_str(&rules),
+        "--key",
+        "pull-only",
+        "--user",
+        "alice",
+        "GET",
+        "/v2/",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--key needs --access-keys"), "{}", text(&o));
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: real nginx, the CNCF distribution registry, docker, skopeo and podman.
 
+mod access_keys;
 mod docker;
 mod federated;
 mod paths;

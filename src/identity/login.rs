@@ -13,6 +13,9 @@ pub(crate) enum LoginSource {
     Ldap,
     /// A JWT from this `[[oidc]]` issuer.
     Oidc { issuer: String },
+    /// The access key with this id (its owner is the user): requests are narrowed to its scope,
+    /// and a token issued for it is bound to the key.
+    AccessKey { id: String },
 }
 
 impl LoginSource {
@@ -22,6 +25,7 @@ impl LoginSource {
             LoginSource::Htpasswd => "htpasswd".into(),
             LoginSource::Ldap => "ldap".into(),
             LoginSource::Oidc { issuer } => format!("oidc:{issuer}"),
+            LoginSource::AccessKey { id } => format!("access_key:{id}"),
         }
     }
 }

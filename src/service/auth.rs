@@ -14,7 +14,8 @@ use super::{
     denial, respond, single_header, App, Body, Single, X_AUTH_USER, X_ORIGINAL_CONTENT_TYPE, X_ORIGINAL_METHOD,
     X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
 };
-use crate::decision::{decide, decide_and_answer_for, AccessRequest, Answer, Credential, Decision, Subject};
+use crate::access_keys::KeyCheck;
+use crate::decision::{decide, decide_and_answer_for, AccessRequest, Answer, Credential, Decision, KeyInUse, Subject};
 use crate::identity::ldap::LdapError;
 use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials, Login};
@@ -31,6 +32,8 @@ struct Verdict {
     user: Option<String>,
     reason: String,
     path: Option<String>,
+    /// The access key the request logged in with (directly or through its token).
+    key: Option<String>,
 }
 
 impl App {
@@ -52,6 +55,7 @@ impl App {
                     user: None,
                     reason: "internal error".into(),
                     path: None,
+                    key: None,
                 }
             }
         };
@@ -68,6 +72,7 @@ impl App {
             path = verdict.path.as_deref().unwrap_or("-"),
             client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
             reason = %verdict.reason,
+            key = verdict.key.as_deref(),
         );
         verdict.response
     }
@@ -79,6 +84,7 @@ impl App {
             user: None,
             reason,
             path: None,
+            key: None,
         };
         // nginx sets both itself; without them nginx is misconfigured (500,
         // which nginx passes on) and the log says which directive is missing.
@@ -141,6 +147,7 @@ impl App {
         // Who is asking: anonymous, a verified user, or a token's subject.
         let mut token_holder = false;
         let mut groups: Vec<String> = Vec::new();
+        let mut key_id: Option<String> = None;
         let user: Option<String> = match credentials {
             // In token mode this is challenged whatever the rules say (decision::answer).
             Credentials::Anonymous => None,
@@ -148,6 +155,9 @@ impl App {
                 PasswordCheck::Accepted(login) => {
                     tracing::debug!(target: "csel_auth::login", user = login.user, source = login.source.label(), "login confirmed");
                     groups = login.groups;
+                    if let LoginSource::AccessKey { id } = login.source {
+                        key_id = Some(id);
+                    }
                     Some(login.user)
                 }
                 PasswordCheck::Refused => {
@@ -189,6 +199,16 @@ impl App {
                     }) => {
                         token_holder = true;
                         None
+                    }
+                    // A key's token: the key is checked below, with a Basic key login's.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                        ..
+                    }) if token::bound_key(&binding).is_some() => {
+                        token_holder = true;
+                        key_id = token::bound_key(&binding).map(str::to_string);
+                        Some(user)
                     }
                     // A user of another identity source: the token carries the source and its
                     // groups, good for its short life while that source is still configured.
@@ -245,6 +265,41 @@ impl App {
             }
         };
 
+        // The key as the keys file in force has it now: a revoked or expired key ends its
+        // tokens at once, and its scope is the current one.
+        let keys = self.store.access_keys();
+        let key = match &key_id {
+            None => None,
+            Some(id) => match keys.get(id) {
+                Some(k) if Some(k.owner.as_str()) == user.as_deref() && !k.is_expired(SystemTime::now()) => {
+                    Some(KeyInUse {
+                        id: k.id.as_str(),
+                        scope: &k.scope,
+                    })
+                }
+                found => {
+                    let why = match found {
+                        None => "is revoked",
+                        Some(k) if Some(k.owner.as_str()) != user.as_deref() => "belongs to another user",
+                        Some(_) => "has expired",
+                    };
+                    if token_holder {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut verdict = self.challenge(
+                        &access,
+                        token_holder.then_some("invalid_token"),
+                        Outcome::Unauthorized,
+                        format!("access key {id} {why}"),
+                    );
+                    verdict.key = key_id.clone();
+                    return verdict;
+                }
+            },
+        };
+
         let credential = match (token_holder, &user) {
             (true, _) => Credential::Token,
             (false, Some(_)) => Credential::Basic,
@@ -257,7 +312,7 @@ impl App {
             user: user.as_deref(),
             groups: &groups,
         };
-        let (decision, answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access);
+        let (decision, answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access, key);
 
         if answer == Answer::Allow {
             let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
@@ -268,6 +323,7 @@ impl App {
                     user,
                     reason: "user name cannot be sent in a header".into(),
                     path: decision.path,
+                    key: key_id.clone(),
                 };
             };
             // The one place that answers 200.
@@ -284,6 +340,7 @@ impl App {
                     String::new()
                 },
                 path: decision.path,
+                key: key_id.clone(),
             };
         }
         let malformed = decision.reason.is_malformed();
@@ -299,6 +356,7 @@ impl App {
             let path = decision.path.clone();
             let mut verdict = self.challenge_for(&decision, error, reason);
             verdict.path = path;
+            verdict.key = key_id;
             if user.is_some() {
                 verdict.outcome = Outcome::Forbidden;
                 verdict.user = user;
@@ -312,6 +370,7 @@ impl App {
             user,
             reason: decision.reason.to_string(),
             path: decision.path,
+            key: key_id.clone(),
         }
     }
 
@@ -347,16 +406,48 @@ impl App {
             user: None,
             reason,
             path: None,
+            key: None,
         }
     }
 
     /// Checks a Basic login (or a `/token` password) against the identity sources, in order:
-    /// a user of the htpasswd file is decided by it alone (break-glass users: no fallback on a
+    /// a password with the access key prefix is decided by the access keys alone, before and
+    /// without the bcrypt queue (one SHA-256); a user of the htpasswd file is decided by it alone (break-glass users: no fallback on a
     /// wrong password); a JWT of a configured issuer is decided by OIDC alone (the typed name
     /// plays no part); otherwise the LDAP directory, if configured. A source that cannot decide
     /// makes the login unavailable, never accepted. Failures are answered after the throttle's
     /// delay.
     pub(super) async fn check_password(&self, user: &str, password: &str, client: Option<IpAddr>) -> PasswordCheck {
+        let keys = self.store.access_keys();
+        let now = SystemTime::now();
+        match keys.verify(user, password, now) {
+            KeyCheck::NotAKey => {}
+            KeyCheck::Valid(key) => {
+                // The throttle is left alone: a key (maybe scoped narrowly) must not clear the
+                // failures of its owner's password, or it would help guess that password.
+                self.key_logins.record(key, now);
+                return PasswordCheck::Accepted(LoggedIn {
+                    user: key.owner.clone(),
+                    groups: Vec::new(),
+                    source: LoginSource::AccessKey { id: key.id.clone() },
+                    expires_at: None,
+                });
+            }
+            KeyCheck::Refused { reason, key } => {
+                // The id is not secret (it is in the file and the metrics); the secret is never logged.
+                tracing::info!(
+                    target: "csel_auth::login",
+                    user,
+                    key = key.map_or("-", |k| k.id.as_str()),
+                    reason = reason.label(),
+                    client = %shown(client),
+                    "access key refused: {reason}"
+                );
+                self.throttle.record_failure(user, client);
+                self.failure_delay(user, client).await;
+                return PasswordCheck::Refused;
+            }
+        }
         let htpasswd = self.store.htpasswd();
         let federated = self.ldap.is_some() || self.oidc.is_some();
         // A name under an issuer's prefix is that issuer's: only its JWTs log it in, so neither

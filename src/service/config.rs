@@ -44,6 +44,8 @@ pub(crate) struct Config {
     pub config_file: Option<(PathBuf, crate::config::ConfigFile)>,
     pub rules: PathBuf,
     pub htpasswd: Option<PathBuf>,
+    /// The access keys file: Basic logins whose password is a key are checked against it.
+    pub access_keys: Option<PathBuf>,
     pub listen: Listen,
     pub socket_mode: u32,
     pub default_format: String,

@@ -102,6 +102,8 @@ pub(crate) struct App {
     ldap: Option<Arc<crate::identity::ldap::Directory>>,
     /// `[[oidc]]`: issuers whose JWTs are accepted as passwords.
     oidc: Option<Arc<crate::oidc::Issuers>>,
+    /// Logins per access key, for `/metrics`.
+    key_logins: crate::access_keys::KeyLogins,
 }
 
 /// Failed-login records kept (users, addresses, and both), about 20 MB at most.
@@ -163,8 +165,12 @@ impl App {
             &config.rules,
             config.htpasswd.as_deref(),
             rules_options,
+            config.access_keys.as_deref(),
             Arc::clone(&metrics),
         )?);
+        if let Some(path) = &config.access_keys {
+            tracing::info!(file = %path.display(), keys = store.access_keys().len(), "access keys loaded");
+        }
         let ldap = config
             .ldap
             .clone()
@@ -224,6 +230,7 @@ impl App {
             audit,
             ldap,
             oidc,
+            key_logins: crate::access_keys::KeyLogins::new(),
         })
     }
 
@@ -305,6 +312,10 @@ impl App {
                 if let Some(oidc) = &self.oidc {
                     text.push_str(&crate::metrics::render_oidc(&oidc.stats()));
                 }
+                // Revoked keys' counts go with them: the map holds no more ids than the file.
+                let keys = self.store.access_keys();
+                self.key_logins.forget_missing(&keys);
+                self.key_logins.render(&keys, &mut text);
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
             (&Method::GET | &Method::POST, "/token") if self.token.is_some() => self.token_endpoint(request).await,

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{denial, respond, single_header, App, Body, Single, X_REAL_IP};
-use crate::decision::{decide_for, AccessRequest, Subject};
+use crate::decision::{decide_for, narrow_to_scope, AccessRequest, KeyInUse, Subject};
 use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials};
 use crate::token::{self, Federation, Identity, Scope, TokenKind, TokenRequest, VerifiedToken};
@@ -151,7 +151,13 @@ impl App {
                     identity: Identity { user: Some(user) },
                     binding,
                     ..
-                }) if !binding.is_empty() && fingerprint(&user) == binding => {
+                }) if !binding.is_empty()
+                    && match token::bound_key(&binding) {
+                        // A key's refresh token lives only as long as the key.
+                        Some(id) => self.key_in_force(id, &user),
+                        None => fingerprint(&user) == binding,
+                    } =>
+                {
                     (Identity::user(user), binding, None, scopes, false, Some(refresh_token))
                 }
                 _ => return unauthorized("invalid refresh token (expired, or the password changed)"),
@@ -159,7 +165,14 @@ impl App {
         };
         let no_groups = Vec::new();
         let groups = federation.as_ref().map_or(&no_groups, |f| &f.groups);
-        let granted = self.granted_scopes(identity.user.as_deref(), groups, &scopes);
+        let keys = self.store.access_keys();
+        let key = token::bound_key(&binding)
+            .and_then(|id| keys.get(id))
+            .map(|k| KeyInUse {
+                id: k.id.as_str(),
+                scope: &k.scope,
+            });
+        let granted = self.granted_scopes(identity.user.as_deref(), groups, key, &scopes);
         let mut issued = match &federation {
             None => token::issue(
                 &realm.key,
@@ -188,6 +201,7 @@ impl App {
         tracing::info!(
             target: "csel_auth::token",
             user = identity.user.as_deref().unwrap_or("anonymous"),
+            key = key.map(|k| k.id),
             scope = %issued.scope,
             "token issued"
         );
@@ -198,22 +212,35 @@ impl App {
         )
     }
 
-    /// The requested scopes, each cut down to the actions the current rules
-    /// allow. Informational: every request is decided again by the rules.
-    fn granted_scopes(&self, user: Option<&str>, groups: &[String], requested: &[Scope]) -> Vec<Scope> {
+    /// Whether the access key `id` is in the keys file in force, owned by `user` and unexpired.
+    fn key_in_force(&self, id: &str, user: &str) -> bool {
+        let keys = self.store.access_keys();
+        keys.get(id)
+            .is_some_and(|k| k.owner == user && !k.is_expired(SystemTime::now()))
+    }
+
+    /// The requested scopes, each cut down to the actions the current rules (and the access
+    /// key's scope, for a key login) allow. Informational: every request is decided again.
+    fn granted_scopes(
+        &self,
+        user: Option<&str>,
+        groups: &[String],
+        key: Option<KeyInUse>,
+        requested: &[Scope],
+    ) -> Vec<Scope> {
         let rules = self.store.rules();
         let allowed = |method: &str, uri: &str| {
-            decide_for(
-                &rules,
-                &Subject { user, groups },
-                &AccessRequest {
-                    method,
-                    uri,
-                    format: "docker",
-                    content_type: None,
-                },
-            )
-            .allowed
+            let request = AccessRequest {
+                method,
+                uri,
+                format: "docker",
+                content_type: None,
+            };
+            let decision = decide_for(&rules, &Subject { user, groups }, &request);
+            match key {
+                Some(key) => narrow_to_scope(decision, key, user, &request).allowed,
+                None => decision.allowed,
+            }
         };
         requested
             .iter()
@@ -261,6 +288,7 @@ impl App {
 fn bound(login: LoggedIn, htpasswd_binding: String) -> (Identity, String, Option<Federation>) {
     match login.source {
         LoginSource::Htpasswd => (Identity::user(login.user), htpasswd_binding, None),
+        LoginSource::AccessKey { id } => (Identity::user(login.user), token::key_binding(&id), None),
         LoginSource::Ldap | LoginSource::Oidc { .. } => {
             let federation = Federation {
                 source: login.source.label(),

@@ -113,3 +113,18 @@ impl Identity {
         self.user.as_deref().unwrap_or("")
     }
 }
+
+/// A token issued for an access key login is bound to the key rather than to a password
+/// entry: its `bnd` claim is `key:<id>` (a password entry's binding is hex, never this). On
+/// every request the key must still exist, belong to the token's subject and be unexpired.
+const KEY_BINDING_PREFIX: &str = "key:";
+
+/// The binding of a token issued for a login with the key `id`.
+pub(crate) fn key_binding(id: &str) -> String {
+    format!("{KEY_BINDING_PREFIX}{id}")
+}
+
+/// The key id a token's binding names, when the token was issued for a key login.
+pub(crate) fn bound_key(binding: &str) -> Option<&str> {
+    binding.strip_prefix(KEY_BINDING_PREFIX).filter(|id| !id.is_empty())
+}

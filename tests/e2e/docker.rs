@@ -20,7 +20,7 @@ use crate::kit::stack::{
 
 /// docker's text for the `denied` error code (what a Bearer challenge with
 /// `error="insufficient_scope"` maps to).
-const DENIED: &str = "denied: requested access to the resource is denied";
+pub(super) const DENIED: &str = "denied: requested access to the resource is denied";
 
 /// A refused `docker push`: it failed, at once, with exactly `expected` on stderr.
 fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {

@@ -18,7 +18,7 @@ use crate::kit::stack::{failed_with, refused_at_once, step, succeeded, succeeded
 
 /// skopeo and podman with their own auth file, logged in as `user` (or not
 /// logged in at all).
-struct Tools {
+pub(super) struct Tools {
     tools: ContainerTools,
     stack_host: String,
 }
@@ -33,9 +33,14 @@ impl Tools {
 
     /// `skopeo login` as `user`; podman shares the auth file.
     fn login(stack: &Stack, user: &str) -> Result<Self> {
+        Self::login_with(stack, user, &password(user))
+    }
+
+    /// `skopeo login` as `user` with `secret` (a password or an access key).
+    pub(super) fn login_with(stack: &Stack, user: &str, secret: &str) -> Result<Self> {
         let tools = ContainerTools::new(&[stack.nginx.addr()])?;
         succeeded_with(
-            tools.skopeo_login(stack.nginx.addr(), user, &password(user))?,
+            tools.skopeo_login(stack.nginx.addr(), user, secret)?,
             "Login Succeeded!",
         )?;
         Ok(Self {
@@ -61,7 +66,7 @@ impl Tools {
     }
 
     /// `skopeo copy oci:… docker://HOST/NAME` of a fresh one-layer image.
-    fn skopeo_push(&self, name: &str, content: &str) -> Result<CmdOutput> {
+    pub(super) fn skopeo_push(&self, name: &str, content: &str) -> Result<CmdOutput> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let image = self.tools.oci_image(&format!("push-{n}"), "1", content)?;
@@ -77,7 +82,7 @@ impl Tools {
     }
 
     /// `podman import` of a fresh one-layer image, then `podman push`.
-    fn podman_push(&self, name: &str, content: &str) -> Result<CmdOutput> {
+    pub(super) fn podman_push(&self, name: &str, content: &str) -> Result<CmdOutput> {
         let reference = self.reference(name);
         self.tools.podman_import_tiny(&reference, content)?;
         self.tools.podman(&["push", &reference])
@@ -89,17 +94,17 @@ impl Tools {
 /// csel-auth refuses a token holder with a 401 whose Bearer challenge says
 /// `error="insufficient_scope"`; the client adds the error of the JSON body
 /// nginx sends with it (`unauthorized`).
-struct Expected<'a> {
-    stack: &'a Stack,
+pub(super) struct Expected<'a> {
+    pub(super) stack: &'a Stack,
 }
 
 /// What the `Expected` texts look like inside skopeo's `level=fatal msg="…"`.
-fn skopeo_quoted(text: &str) -> String {
+pub(super) fn skopeo_quoted(text: &str) -> String {
     text.replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// A refused push: it failed, at once, and its output contains `expected`.
-fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
+pub(super) fn push_refused(out: CmdOutput, expected: &str) -> Result<CmdOutput> {
     failed_with(refused_at_once(out)?, expected)
 }
 
@@ -136,7 +141,7 @@ impl Expected<'_> {
 
     /// A refused push to `repository` that the client may not even read
     /// (refused at the blob check; the digest varies and is left out).
-    fn blob_check_refused(&self, repository: &str) -> String {
+    pub(super) fn blob_check_refused(&self, repository: &str) -> String {
         let host = self.stack.host();
         match self.stack.mode {
             Mode::Basic => {

@@ -235,6 +235,11 @@ impl Setup {
         self
     }
 
+    /// `--access-keys FILE`: Basic logins whose password is a key are checked against it.
+    pub fn access_keys(self, path: &Path) -> Setup {
+        self.arg("--access-keys").arg(&path.to_string_lossy())
+    }
+
     /// `serve --config FILE --listen …`: every other setting comes from the file.
     pub fn config_file(mut self, path: PathBuf) -> Setup {
         self.config = Some(path);

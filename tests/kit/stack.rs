@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -143,13 +143,18 @@ impl Stack {
 
     /// [`Stack::start`] with `nginx` (one of [`super::nginx::nginx_binaries`]).
     pub fn start_on(nginx: &NginxBinary, mode: Mode, rules: &str) -> Result<Self> {
-        Self::start_configured(nginx, mode, rules, None)
+        Self::start_configured(nginx, mode, rules, None, None)
     }
 
     /// [`Stack::start`] with a config file naming the rules and htpasswd files, followed by
     /// `sections` (TOML: `[ldap]`, `[[oidc]]`; relative paths are in [`Stack::dir`]'s).
     pub fn start_with_config(mode: Mode, rules: &str, sections: &str, files: &[(&str, &str)]) -> Result<Self> {
-        Self::start_configured(&NginxBinary::system()?, mode, rules, Some((sections, files)))
+        Self::start_configured(&NginxBinary::system()?, mode, rules, Some((sections, files)), None)
+    }
+
+    /// [`Stack::start`] with csel-auth reading the access keys file `keys`.
+    pub fn start_with_access_keys(mode: Mode, rules: &str, keys: &Path) -> Result<Self> {
+        Self::start_configured(&NginxBinary::system()?, mode, rules, None, Some(keys))
     }
 
     fn start_configured(
@@ -157,6 +162,7 @@ impl Stack {
         mode: Mode,
         rules: &str,
         config: Option<(&str, &[(&str, &str)])>,
+        keys: Option<&Path>,
     ) -> Result<Self> {
         let dir = TestDir::new(&format!("stack-{mode}"))?;
         let rules_path = dir.write("registry.rules", rules)?;
@@ -173,6 +179,9 @@ impl Stack {
                 Setup::bare().config_file(dir.write("csel-auth.toml", text)?)
             }
         };
+        if let Some(keys) = keys {
+            setup = setup.access_keys(keys);
+        }
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,

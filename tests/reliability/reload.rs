@@ -695,6 +695,62 @@ fn a_writer_pausing_for_seconds_never_puts_half_an_htpasswd_file_in_force() {
     assert_eq!(warnings(&service, &users), 1, "the wait is logged once");
 }
 
+/// The same for the access keys file: while its writer pauses with only the first key's line
+/// written, the second key (of the last good version) keeps logging in.
+#[test]
+fn a_writer_pausing_for_seconds_never_puts_half_an_access_keys_file_in_force() {
+    let _turn = alone();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let keys = dir.path().join("access.keys");
+    let create = |id: &str| {
+        let out = std::process::Command::new(crate::kit::service::binary())
+            .args(["access-key", "create", "--user", "alice", "--id", id, "--file"])
+            .arg(&keys)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    create("first");
+    let second = create("second");
+    let whole = fs::read_to_string(&keys).unwrap_or_else(|e| panic!("{e}"));
+    let cut = whole.find("\nkey second").map_or(whole.len(), |i| i + 1);
+    let rules = "grant pull on (path =^ \"/v2/library/\") to authenticated\n";
+    let service = super::setup(rules, &htpasswd(&["alice"], 4))
+        .access_keys(&keys)
+        .arg("--reload-interval")
+        .arg("1")
+        .start();
+    let library = "/v2/library/alpine/manifests/1";
+    let request = Request::subrequest("GET", library)
+        .with_nginx_headers()
+        .basic("alice", &second)
+        .bytes();
+    // The new version differs from the old only by a comment: a reload needs a change.
+    let rest = format!("{}# the second key, and this line: a new version\n", &whole[cut..]);
+    let mut connection = service.connect();
+    let (answers, gauge_seen, warned) =
+        write_with_a_long_pause(&service, "access_keys", &keys, (&whole[..cut], &rest), || {
+            connection.send(&request).map_or(0, |r| r.status)
+        });
+    let refused = answers.iter().filter(|&&s| s != 200).count();
+    assert_eq!(
+        refused,
+        0,
+        "the half-written keys file was in force for {refused} of {} requests while the writer paused",
+        answers.len()
+    );
+    assert!(
+        gauge_seen,
+        "/metrics never said that the keys file waits for its writer"
+    );
+    assert!(warned, "the log never said that the keys file waits for its writer");
+    wait_for(Duration::from_secs(10), "the whole file to load", || {
+        (service.metric("csel_auth_version{file=\"access_keys\"}") == 2.0).then_some(())
+    });
+    assert_eq!(service.auth("GET", library, Some(("alice", &second))).status, 200);
+}
+
 /// Reads of the watched files must not wake the watcher again: an idle service reads nothing.
 #[test]
 fn an_idle_service_does_not_reread_its_files() {
