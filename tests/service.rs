@@ -1120,3 +1120,77 @@ fn systemd_is_told_ready_only_once_the_rules_loaded() {
         "a service that did not start said READY"
     );
 }
+
+#[test]
+fn the_audit_log_has_one_json_line_per_decision_and_follows_logrotate() {
+    let setup = Setup::new(RULES);
+    let audit = setup.path("audit.log");
+    let service = setup.arg("--audit-log").arg(&audit.to_string_lossy()).start();
+    let read_lines = |path: &Path, count: usize| -> Vec<serde_json::Value> {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{count} audit lines in {}", path.display()),
+            || {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<serde_json::Value> = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+                    .collect();
+                (lines.len() >= count).then_some(lines)
+            },
+        )
+    };
+    let alice = password("alice");
+    let push = service.request(
+        "GET",
+        "/auth",
+        &[
+            ("X-Original-URI", COOLTEAM),
+            ("X-Original-Method", "PUT"),
+            ("X-Real-IP", "192.0.2.7"),
+            ("Authorization", &basic("alice", &alice)),
+        ],
+        b"",
+    );
+    assert_eq!(push.status, 200);
+    assert_eq!(service.auth("PUT", COOLTEAM, None).status, 401);
+    let lines = read_lines(&audit, 2);
+    let allowed = &lines[0];
+    println!("audit line of one push: {allowed}");
+    assert_eq!(allowed["v"], 1);
+    assert_eq!(allowed["user"], "alice");
+    assert_eq!(allowed["auth"], "htpasswd");
+    assert_eq!(allowed["client"], "192.0.2.7");
+    assert_eq!(allowed["method"], "PUT");
+    assert_eq!(allowed["repository"], "coolteam/app");
+    assert_eq!(allowed["reference"], "1.0");
+    assert_eq!(allowed["action"], "edit");
+    assert_eq!(allowed["status"], 200);
+    assert_eq!(allowed["outcome"], "allowed");
+    assert!(allowed["rule_line"].as_u64().is_some(), "{allowed}");
+    assert_eq!(allowed["rules_version"], 1);
+    let refused = &lines[1];
+    assert_eq!(
+        (refused["user"].as_str(), refused["outcome"].as_str()),
+        (Some("anonymous"), Some("unauthorized"))
+    );
+    assert!(refused["rule_line"].is_null());
+
+    // logrotate moves the file and sends SIGUSR1: the next lines go to a new file.
+    let rotated = audit.with_extension("log.1");
+    std::fs::rename(&audit, &rotated).unwrap();
+    service.signal(Signal::SIGUSR1);
+    wait_for(RELOAD_DEADLINE, "a new audit file after SIGUSR1", || {
+        service.auth("GET", LIBRARY, None);
+        audit.exists().then_some(())
+    });
+    let lines = read_lines(&audit, 1);
+    assert_eq!(lines[0]["path"], LIBRARY);
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        2,
+        "the rotated file keeps its lines"
+    );
+    assert!(service.metric("csel_auth_audit_lines_total") >= 3.0);
+    assert_eq!(service.metric("csel_auth_audit_dropped_total"), 0.0);
+}

@@ -15,11 +15,12 @@ use super::{
     X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
 };
 use crate::access_keys::KeyCheck;
+use crate::audit::AuditEntry;
 use crate::decision::{decide, decide_and_answer_for, AccessRequest, Answer, Credential, Decision, KeyInUse, Subject};
 use crate::identity::ldap::LdapError;
 use crate::identity::login::{LoggedIn, LoginSource, PasswordCheck};
 use crate::identity::{parse_authorization, Credentials, Login};
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Watched};
 use crate::oidc::OidcCheck;
 use crate::request::DockerRoute;
 use crate::rules::Action;
@@ -36,6 +37,19 @@ struct Verdict {
     key: Option<String>,
 }
 
+/// What the audit log records beyond the decision log line: how the user authenticated and
+/// what the decision found. Filled in by `auth_verdict` as it goes.
+#[derive(Default)]
+struct AuditFacts {
+    /// `none`, `htpasswd`, `token`, `access_key`, `ldap`, `oidc`.
+    auth: Option<&'static str>,
+    /// The access key's id or the OIDC issuer.
+    detail: Option<String>,
+    action: Option<crate::rules::Action>,
+    route: Option<DockerRoute>,
+    rule_line: Option<usize>,
+}
+
 impl App {
     /// Answers one `auth_request` subrequest and logs the decision.
     pub(super) async fn auth(&self, request: &Request<Incoming>) -> Response<Body> {
@@ -45,7 +59,8 @@ impl App {
             Single::Present(ip) => ip.parse::<IpAddr>().ok(),
             _ => None,
         };
-        let verdict = match CatchPanic(Box::pin(self.auth_verdict(headers, client))).await {
+        let mut facts = AuditFacts::default();
+        let verdict = match CatchPanic(Box::pin(self.auth_verdict(headers, client, &mut facts))).await {
             Ok(verdict) => verdict,
             Err(()) => {
                 tracing::error!(target: "csel_auth::service", "internal error while deciding (a bug): denied");
@@ -74,10 +89,55 @@ impl App {
             reason = %verdict.reason,
             key = verdict.key.as_deref(),
         );
+        if let Some(audit) = &self.audit {
+            audit.record(self.audit_entry(&verdict, facts, method, client));
+        }
         verdict.response
     }
 
-    async fn auth_verdict(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Verdict {
+    fn audit_entry(&self, verdict: &Verdict, facts: AuditFacts, method: &str, client: Option<IpAddr>) -> AuditEntry {
+        let status = verdict.response.status().as_u16();
+        let (repository, reference) = match &facts.route {
+            Some(DockerRoute::Manifest { name, reference }) => (Some(name.clone()), Some(reference.clone())),
+            Some(DockerRoute::Blob { name, digest } | DockerRoute::Referrers { name, digest }) => {
+                (Some(name.clone()), Some(digest.clone()))
+            }
+            Some(route) => (route.repository().map(str::to_string), None),
+            None => (None, None),
+        };
+        AuditEntry {
+            v: 1,
+            time: AuditEntry::now(),
+            client: client.map(|c| c.to_string()),
+            user: verdict
+                .user
+                .clone()
+                .unwrap_or_else(|| crate::csel::ANONYMOUS.to_string()),
+            auth: facts.auth.unwrap_or("none"),
+            auth_detail: facts.detail.or_else(|| verdict.key.clone()),
+            method: method.to_string(),
+            path: verdict.path.clone(),
+            repository,
+            reference,
+            action: facts.action.map(|a| a.to_string()),
+            status,
+            outcome: match verdict.outcome {
+                Outcome::Allowed => "allowed",
+                Outcome::Forbidden => "denied",
+                Outcome::Unauthorized => "unauthorized",
+                Outcome::Error => "error",
+            },
+            rule_line: facts.rule_line,
+            reason: verdict.reason.clone(),
+            rules_version: self
+                .metrics
+                .file(Watched::Rules)
+                .version
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    async fn auth_verdict(&self, headers: &HeaderMap, client: Option<IpAddr>, facts: &mut AuditFacts) -> Verdict {
         let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
             response: denial(status),
             outcome,
@@ -155,6 +215,12 @@ impl App {
                 PasswordCheck::Accepted(login) => {
                     tracing::debug!(target: "csel_auth::login", user = login.user, source = login.source.label(), "login confirmed");
                     groups = login.groups;
+                    (facts.auth, facts.detail) = match &login.source {
+                        LoginSource::Htpasswd => (Some("htpasswd"), None),
+                        LoginSource::Ldap => (Some("ldap"), None),
+                        LoginSource::Oidc { issuer } => (Some("oidc"), Some(issuer.clone())),
+                        LoginSource::AccessKey { id } => (Some("access_key"), Some(id.clone())),
+                    };
                     if let LoginSource::AccessKey { id } = login.source {
                         key_id = Some(id);
                     }
@@ -313,6 +379,14 @@ impl App {
             groups: &groups,
         };
         let (decision, answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access, key);
+        if token_holder {
+            facts.auth = Some("token");
+        }
+        facts.action = decision.action;
+        facts.route = decision.docker.clone();
+        if let crate::decision::Reason::Granted { line, .. } = &decision.reason {
+            facts.rule_line = Some(*line);
+        }
 
         if answer == Answer::Allow {
             let shown_user = user.as_deref().unwrap_or(crate::csel::ANONYMOUS);
