@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::kit::cases::expect_error_at;
+use crate::kit::cases::{expect_error_at, expect_warning_on};
 use csel_auth::access_keys::{AccessKeys, KeyCheck, Refusal};
 use sha2::{Digest, Sha256};
 
@@ -115,15 +115,7 @@ fn check_data_file(name: &str, text: &str) -> Result<(), String> {
                 let (line, wanted) = rest.split_once(' ').unwrap_or((rest, ""));
                 let keys = parsed.as_ref().map_err(|e| format!("expected to load, got:\n{e}"))?;
                 let warnings = keys.warnings(SystemTime::now());
-                if !warnings
-                    .iter()
-                    .any(|w| w.line.to_string() == line && w.message.contains(wanted))
-                {
-                    let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-                    return Err(format!(
-                        "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
-                    ));
-                }
+                expect_warning_on(&warnings, line, wanted, |w| (w.line, w.message.as_str()))?;
             }
             other => return Err(format!("unknown expectation `{other}`")),
         }

@@ -6,7 +6,7 @@
 use csel_auth::diagnostic::Diagnostics;
 use csel_auth::rules::{lint, LintOptions, Rules, RulesOptions};
 
-use crate::kit::cases::{expect_error_at, files};
+use crate::kit::cases::{expect_error_at, expect_warning_on, files};
 
 /// Checks every `# expect:` line of the rules file `name`; an error starts with `name:LINE` of
 /// the expectation that does not hold.
@@ -51,15 +51,7 @@ fn check_expectation(name: &str, parsed: &Result<Rules, Diagnostics>, expectatio
                     known_users: None,
                 },
             );
-            if !warnings
-                .iter()
-                .any(|w| w.line.to_string() == line && w.message.contains(wanted))
-            {
-                let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-                return Err(format!(
-                    "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
-                ));
-            }
+            expect_warning_on(&warnings, line, wanted, |w| (w.line, w.message.as_str()))?;
         }
         other => return Err(format!("unknown expectation `{other}`")),
     }

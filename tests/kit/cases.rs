@@ -230,3 +230,23 @@ pub fn expect_error_at(
     }
     Ok(())
 }
+
+/// The `# expect: warning LINE TEXT` check: one of `warnings` is on LINE and contains TEXT.
+pub fn expect_warning_on<W: std::fmt::Display>(
+    warnings: &[W],
+    line: &str,
+    wanted: &str,
+    line_and_message: impl Fn(&W) -> (usize, &str),
+) -> Result<(), String> {
+    let found = warnings.iter().any(|w| {
+        let (at, message) = line_and_message(w);
+        at.to_string() == line && message.contains(wanted)
+    });
+    if found {
+        return Ok(());
+    }
+    let shown: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    Err(format!(
+        "expected a warning on line {line} containing `{wanted}`, got {shown:#?}"
+    ))
+}
