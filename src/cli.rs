@@ -126,6 +126,15 @@ struct ServeSettings {
     log_format: String,
 }
 
+/// The service's settings from `serve` arguments, for [`crate::service::in_process`].
+pub(crate) fn serve_config(args: &[&str]) -> Result<crate::service::Config, String> {
+    let cli = Cli::try_parse_from(["csel-auth", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Serve(args) => serve_settings(*args).map(|s| s.config).map_err(|e| e.to_string()),
+        _ => Err("not serve arguments".into()),
+    }
+}
+
 fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,

@@ -38,6 +38,9 @@
 
 pub mod access_keys;
 pub mod audit;
+/// The `/auth` answer without sockets, for tests.
+#[doc(hidden)]
+pub use service::in_process;
 pub mod cli;
 pub mod config;
 pub mod csel;

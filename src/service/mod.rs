@@ -8,6 +8,7 @@
 
 mod auth;
 mod config;
+pub mod in_process;
 mod listener;
 mod panic;
 mod token_endpoint;
@@ -265,7 +266,7 @@ impl App {
 
     async fn route(&self, request: Request<Incoming>) -> Response<Body> {
         match (request.method(), request.uri().path()) {
-            (_, "/auth") => self.auth(&request).await,
+            (_, "/auth") => self.auth(request.headers()).await,
             (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
             (&Method::GET, "/metrics") => {
                 let extra = [

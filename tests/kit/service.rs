@@ -594,3 +594,74 @@ impl CselAuth {
         (field("VmRSS:"), field("VmHWM:"))
     }
 }
+
+/// Answers `/auth` subrequests: the binary over its socket ([`CselAuth`]), or the same service
+/// in-process ([`InProcessAuth`]), so one table of outcomes checks both.
+pub trait Answers {
+    fn auth_headers(&self, headers: &[(&str, &str)]) -> Response;
+
+    /// The subrequest for `method uri`, with Basic credentials when `login` is given.
+    fn auth(&self, method: &str, uri: &str, login: Option<(&str, &str)>) -> Response {
+        let credentials = login.map(|(user, password)| super::http::basic(user, password));
+        let mut headers = vec![("X-Original-URI", uri), ("X-Original-Method", method)];
+        if let Some(value) = &credentials {
+            headers.push(("Authorization", value));
+        }
+        self.auth_headers(&headers)
+    }
+
+    /// [`Answers::auth`] as `user` with the test password.
+    fn auth_user(&self, method: &str, uri: &str, user: &str) -> Response {
+        self.auth(method, uri, Some((user, &super::password(user))))
+    }
+}
+
+impl Answers for CselAuth {
+    fn auth_headers(&self, headers: &[(&str, &str)]) -> Response {
+        CselAuth::auth_headers(self, headers)
+    }
+}
+
+/// The service built from `serve` arguments and called in-process: no process, no socket.
+pub struct InProcessAuth {
+    service: csel_auth::in_process::InProcess,
+    _dir: TestDir,
+}
+
+impl InProcessAuth {
+    /// `rules` and the standard htpasswd file, with `args` after `--rules … --htpasswd …`.
+    pub fn start(rules: &str, args: &[&str]) -> InProcessAuth {
+        let dir = match TestDir::new("in-process") {
+            Ok(dir) => dir,
+            Err(e) => panic!("cannot make a test directory: {e}"),
+        };
+        let (rules_path, htpasswd_path) = match (
+            dir.write("registry.rules", rules),
+            dir.write("users.htpasswd", super::standard_htpasswd()),
+        ) {
+            (Ok(r), Ok(h)) => (r, h),
+            (r, h) => panic!("cannot write the test files: {:?} {:?}", r.err(), h.err()),
+        };
+        let rules_arg = rules_path.to_string_lossy().into_owned();
+        let htpasswd_arg = htpasswd_path.to_string_lossy().into_owned();
+        let mut all = vec!["--rules", &rules_arg, "--htpasswd", &htpasswd_arg];
+        all.extend_from_slice(args);
+        match csel_auth::in_process::InProcess::start(&all) {
+            Ok(service) => InProcessAuth { service, _dir: dir },
+            Err(e) => panic!("the service did not start in-process: {e}"),
+        }
+    }
+}
+
+impl Answers for InProcessAuth {
+    fn auth_headers(&self, headers: &[(&str, &str)]) -> Response {
+        match self.service.auth(headers) {
+            Ok(answer) => Response {
+                status: answer.status,
+                headers: answer.headers,
+                body: answer.body,
+            },
+            Err(e) => panic!("in-process /auth failed: {e}"),
+        }
+    }
+}
