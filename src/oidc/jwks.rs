@@ -174,18 +174,10 @@ fn parse_key(entry: &Value) -> Result<Key, String> {
     }
     let alg = match text("alg") {
         None => None,
-        Some(name) => Some(match name {
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "EdDSA" => Algorithm::EdDSA,
-            other => return Err(format!("alg {other:?} is not a public-key signature algorithm")),
-        }),
+        Some(name) => Some(
+            super::settings::public_key_algorithm(name)
+                .ok_or_else(|| format!("alg {name:?} is not a public-key signature algorithm"))?,
+        ),
     };
     let member = |name: &str| text(name).ok_or_else(|| format!("no \"{name}\" string"));
     let (kind, decoding) = match text("kty") {

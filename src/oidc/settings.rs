@@ -369,34 +369,42 @@ fn exact_text(text: &str) -> Result<String, String> {
 
 /// The allow-list. `none` and the HMAC algorithms are refused outright: an issuer's keys are
 /// public, and accepting HS256 "signed" with a public key is the classic key-confusion attack.
+/// The public-key signature algorithms csel-auth accepts, by their JOSE names (case-sensitive).
+pub(super) fn public_key_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
 fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     if names.is_empty() {
         return Err("is empty: no token could be accepted".to_string());
     }
     let mut algorithms = Vec::new();
     for name in names {
-        let algorithm = match name.as_str() {
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "EdDSA" => Algorithm::EdDSA,
-            other if other.eq_ignore_ascii_case("none") => {
+        let algorithm = match public_key_algorithm(name) {
+            Some(algorithm) => algorithm,
+            None if name.eq_ignore_ascii_case("none") => {
                 return Err("`none` means unsigned tokens: it is never accepted".to_string())
             }
-            other if other.to_ascii_uppercase().starts_with("HS") => {
+            None if name.to_ascii_uppercase().starts_with("HS") => {
                 return Err(format!(
-                    "`{other}` (HMAC) needs a shared secret, and an issuer's keys are public: it is never \
+                    "`{name}` (HMAC) needs a shared secret, and an issuer's keys are public: it is never \
                      accepted"
                 ))
             }
-            other => {
+            None => {
                 return Err(format!(
-                    "`{other}` is not a signature algorithm csel-auth knows; expected some of RS256, RS384, \
+                    "`{name}` is not a signature algorithm csel-auth knows; expected some of RS256, RS384, \
                      RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (names are case-sensitive)"
                 ))
             }
