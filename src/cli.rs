@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Write one JSON line per decision to this file (reopened on SIGUSR1, for logrotate).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// The registry's own address (not nginx's), e.g. http://127.0.0.1:5001: asked whether a
+    /// tag exists (the `overwrite` action) and for its repository list (the filtered catalog).
+    #[arg(long)]
+    registry: Option<String>,
     /// Log filter: error, warn, info (one line per decision), debug; or a
     /// tracing filter such as `csel_auth::decision=warn,info` [default: info]
     #[arg(long, env = "CSEL_AUTH_LOG")]
@@ -199,6 +203,17 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
         )));
     }
     let (ldap, oidc) = identity_sources(&file)?;
+    let registry = match (args.registry, &file.registry) {
+        (Some(url), section) => Some(crate::registry::RegistrySettings::new(
+            &url,
+            section.as_ref().and_then(|s| s.timeout),
+            section.as_ref().and_then(|s| s.catalog_cache),
+        )),
+        (None, Some(section)) => Some(crate::registry::RegistrySettings::from_section(section)),
+        (None, None) => None,
+    }
+    .transpose()
+    .map_err(|e| Error::Settings(format!("[registry] / --registry: {e}")))?;
     Ok(ServeSettings {
         config: crate::service::Config {
             config_file: args.config.clone().map(|path| (path, file.clone())),
@@ -216,6 +231,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             audit_file: args.audit_log.or(file.audit.clone().map(|section| section.file)),
             ldap,
             oidc,
+            registry,
             access_keys: args
                 .access_keys
                 .or(file.access_keys.clone().map(|section| section.file)),

@@ -38,6 +38,7 @@ pub struct ConfigFile {
     pub ldap: Option<LdapSection>,
     pub access_keys: Option<AccessKeysSection>,
     pub audit: Option<AuditSection>,
+    pub registry: Option<RegistrySection>,
     /// `[[oidc]]`: one per trusted token issuer.
     #[serde(default)]
     pub oidc: Vec<OidcSection>,
@@ -109,6 +110,21 @@ pub struct LdapSection {
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     pub file: PathBuf,
+}
+
+/// `[registry]`: the registry's own address, asked whether a tag exists (protected tags) and
+/// for its repository list (the filtered catalog); see `crate::registry`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// `http://127.0.0.1:5001`: where the registry listens, not nginx.
+    pub url: String,
+    /// For one request to the registry, connection included.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// How long the registry's repository list is reused for catalog requests.
+    #[serde(default, deserialize_with = "duration")]
+    pub catalog_cache: Option<Duration>,
 }
 
 /// `[access_keys]`: the access keys file (see `crate::access_keys`), `serve --access-keys`.

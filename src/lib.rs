@@ -54,6 +54,7 @@ pub use identity::ldap;
 pub(crate) mod metrics;
 pub mod oidc;
 mod percent;
+pub mod registry;
 pub(crate) mod reload;
 pub mod request;
 pub mod rules;

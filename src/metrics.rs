@@ -432,6 +432,34 @@ pub(crate) fn render_ldap(stats: &crate::identity::ldap::LdapStats) -> String {
 }
 
 /// The series of the JWT issuers (`[[oidc]]`), one sample per issuer.
+/// The requests csel-auth made to the registry's own address.
+pub(crate) fn render_registry(stats: &crate::registry::RegistryStats) -> String {
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = String::new();
+    write_family(
+        &mut out,
+        "registry_tag_checks_total",
+        "HEADs of a manifest on the registry before a push that needs `overwrite` or `edit` alone, by result (error: no answer, or not 200/404; the push was refused with 503).",
+        Kind::Counter,
+        &[
+            ("result=\"exists\"", load(&stats.tag_exists)),
+            ("result=\"new\"", load(&stats.tag_new)),
+            ("result=\"error\"", load(&stats.tag_errors)),
+        ],
+    );
+    write_family(
+        &mut out,
+        "registry_catalog_fetches_total",
+        "Walks of the registry's repository list (the rest of the catalog requests were answered from the cache), by result.",
+        Kind::Counter,
+        &[
+            ("result=\"ok\"", load(&stats.catalog_fetches).saturating_sub(load(&stats.catalog_errors))),
+            ("result=\"error\"", load(&stats.catalog_errors)),
+        ],
+    );
+    out
+}
+
 pub(crate) fn render_oidc(stats: &crate::oidc::OidcStats) -> String {
     let mut out = String::new();
     write_family(

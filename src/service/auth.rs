@@ -26,27 +26,40 @@ use crate::rules::Action;
 use crate::token::{self, Identity, Scope};
 
 /// Why a request was answered as it was, for the log line.
-struct Verdict {
-    response: Response<Body>,
-    outcome: Outcome,
-    user: Option<String>,
-    reason: String,
-    path: Option<String>,
+pub(super) struct Verdict {
+    pub(super) response: Response<Body>,
+    pub(super) outcome: Outcome,
+    pub(super) user: Option<String>,
+    pub(super) reason: String,
+    pub(super) path: Option<String>,
     /// The access key the request logged in with (directly or through its token).
-    key: Option<String>,
+    pub(super) key: Option<String>,
+}
+
+/// Who is asking, as [`App::identify`] found out.
+pub(super) struct Caller {
+    pub user: Option<String>,
+    /// From LDAP, or an OIDC token (carried by csel-auth's token for it).
+    pub groups: Vec<String>,
+    /// The access key used, directly or through its token; checked: current, unexpired, the user's.
+    pub key_id: Option<String>,
+    /// Logged in with a token of csel-auth's realm.
+    pub token_holder: bool,
+    /// The keys file the key was checked against.
+    pub keys: std::sync::Arc<crate::access_keys::AccessKeys>,
 }
 
 /// What the audit log records beyond the decision log line: how the user authenticated and
 /// what the decision found. Filled in by `auth_verdict` as it goes.
 #[derive(Default)]
-struct AuditFacts {
+pub(super) struct AuditFacts {
     /// `none`, `htpasswd`, `token`, `access_key`, `ldap`, `oidc`.
-    auth: Option<&'static str>,
+    pub(super) auth: Option<&'static str>,
     /// The access key's id or the OIDC issuer.
-    detail: Option<String>,
-    action: Option<crate::rules::Action>,
-    route: Option<DockerRoute>,
-    rule_line: Option<usize>,
+    pub(super) detail: Option<String>,
+    pub(super) action: Option<crate::rules::Action>,
+    pub(super) route: Option<DockerRoute>,
+    pub(super) rule_line: Option<usize>,
 }
 
 impl App {
@@ -191,178 +204,21 @@ impl App {
             content_type,
         };
 
-        let mut authorization = headers.get_all(AUTHORIZATION).iter();
-        let (first, second) = (authorization.next(), authorization.next());
-        let credentials = match (first, second) {
-            (_, Some(_)) => Err("repeated Authorization header".to_string()),
-            (value, None) => parse_authorization(value.map(HeaderValue::as_bytes)).map_err(|e| e.to_string()),
+        let caller = match self.identify(headers, client, &access, facts).await {
+            Ok(caller) => caller,
+            Err(verdict) => return verdict,
         };
-        let credentials = match credentials {
-            Ok(c) => c,
-            Err(why) => return self.challenge(&access, None, Outcome::Unauthorized, format!("bad credentials: {why}")),
-        };
-
-        // Who is asking: anonymous, a verified user, or a token's subject.
-        let mut token_holder = false;
-        let mut groups: Vec<String> = Vec::new();
-        let mut key_id: Option<String> = None;
-        let user: Option<String> = match credentials {
-            // In token mode this is challenged whatever the rules say (decision::answer).
-            Credentials::Anonymous => None,
-            Credentials::Basic { user, password } => match self.check_password(&user, &password, client).await {
-                PasswordCheck::Accepted(login) => {
-                    tracing::debug!(target: "csel_auth::login", user = login.user, source = login.source.label(), "login confirmed");
-                    groups = login.groups;
-                    (facts.auth, facts.detail) = match &login.source {
-                        LoginSource::Htpasswd => (Some("htpasswd"), None),
-                        LoginSource::Ldap => (Some("ldap"), None),
-                        LoginSource::Oidc { issuer } => (Some("oidc"), Some(issuer.clone())),
-                        LoginSource::AccessKey { id } => (Some("access_key"), Some(id.clone())),
-                    };
-                    if let LoginSource::AccessKey { id } = login.source {
-                        key_id = Some(id);
-                    }
-                    Some(login.user)
-                }
-                PasswordCheck::Refused => {
-                    return self.challenge(
-                        &access,
-                        None,
-                        Outcome::Unauthorized,
-                        format!("wrong password or unknown user `{user}`"),
-                    );
-                }
-                PasswordCheck::Unavailable(why) => {
-                    return refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Outcome::Error,
-                        format!("login of `{user}` not checked: {why}"),
-                    );
-                }
-            },
-            Credentials::Bearer(bearer) => {
-                let Some(realm) = &self.token else {
-                    return self.challenge(
-                        &access,
-                        None,
-                        Outcome::Unauthorized,
-                        "bearer token without --token-realm".into(),
-                    );
-                };
-                let verified = self
-                    .verified_tokens
-                    .verify(&realm.key, &realm.settings, &bearer, SystemTime::now());
-                // A user's token is bound to the password entry it was issued
-                // against, checked on every request (cached or not): a changed,
-                // removed or re-created entry ends it.
-                let current = |user: &str| self.store.htpasswd().entry_fingerprint(user);
-                match verified {
-                    Ok(token::CachedAccess {
-                        identity: Identity { user: None },
-                        ..
-                    }) => {
-                        token_holder = true;
-                        None
-                    }
-                    // A key's token: the key is checked below, with a Basic key login's.
-                    Ok(token::CachedAccess {
-                        identity: Identity { user: Some(user) },
-                        binding,
-                        ..
-                    }) if token::bound_key(&binding).is_some() => {
-                        token_holder = true;
-                        key_id = token::bound_key(&binding).map(str::to_string);
-                        Some(user)
-                    }
-                    // A user of another identity source: the token carries the source and its
-                    // groups, good for its short life while that source is still configured.
-                    Ok(token::CachedAccess {
-                        identity: Identity { user: Some(user) },
-                        source: Some(source),
-                        groups: token_groups,
-                        ..
-                    }) if self.source_configured(&source) => {
-                        token_holder = true;
-                        groups = token_groups;
-                        Some(user)
-                    }
-                    Ok(token::CachedAccess {
-                        identity: Identity { user: Some(user) },
-                        binding,
-                        source: None,
-                        ..
-                    }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
-                        token_holder = true;
-                        Some(user)
-                    }
-                    Ok(token::CachedAccess {
-                        identity: Identity { user: Some(user) },
-                        ..
-                    }) => {
-                        self.metrics
-                            .token_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let why = if current(&user).is_some() {
-                            "issued before their password entry changed"
-                        } else {
-                            "who is no longer a user"
-                        };
-                        return self.challenge(
-                            &access,
-                            Some("invalid_token"),
-                            Outcome::Unauthorized,
-                            format!("token for `{user}` {why}"),
-                        );
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .token_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return self.challenge(
-                            &access,
-                            Some("invalid_token"),
-                            Outcome::Unauthorized,
-                            format!("invalid token: {e}"),
-                        );
-                    }
-                }
-            }
-        };
-
-        // The key as the keys file in force has it now: a revoked or expired key ends its
-        // tokens at once, and its scope is the current one.
-        let keys = self.store.access_keys();
-        let key = match &key_id {
-            None => None,
-            Some(id) => match keys.get(id) {
-                Some(k) if Some(k.owner.as_str()) == user.as_deref() && !k.is_expired(SystemTime::now()) => {
-                    Some(KeyInUse {
-                        id: k.id.as_str(),
-                        scope: &k.scope,
-                    })
-                }
-                found => {
-                    let why = match found {
-                        None => "is revoked",
-                        Some(k) if Some(k.owner.as_str()) != user.as_deref() => "belongs to another user",
-                        Some(_) => "has expired",
-                    };
-                    if token_holder {
-                        self.metrics
-                            .token_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let mut verdict = self.challenge(
-                        &access,
-                        token_holder.then_some("invalid_token"),
-                        Outcome::Unauthorized,
-                        format!("access key {id} {why}"),
-                    );
-                    verdict.key = key_id.clone();
-                    return verdict;
-                }
-            },
-        };
+        let Caller {
+            user,
+            groups,
+            key_id,
+            token_holder,
+            keys,
+        } = caller;
+        let key = key_id.as_deref().and_then(|id| keys.get(id)).map(|k| KeyInUse {
+            id: k.id.as_str(),
+            scope: &k.scope,
+        });
 
         let credential = match (token_holder, &user) {
             (true, _) => Credential::Token,
@@ -444,6 +300,203 @@ impl App {
             path: decision.path,
             key: key_id.clone(),
         }
+    }
+
+    /// Who is asking: anonymous, a verified Basic login (password or access key), or a token's
+    /// subject, with the groups its identity source gave and the access key it used. A caller
+    /// that cannot be identified gets its answer (a challenge, or 503 when a source cannot
+    /// decide) as the error.
+    pub(super) async fn identify(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        access: &AccessRequest<'_>,
+        facts: &mut AuditFacts,
+    ) -> Result<Caller, Verdict> {
+        let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
+            response: denial(status),
+            outcome,
+            user: None,
+            reason,
+            path: None,
+            key: None,
+        };
+        let access = *access;
+        let mut authorization = headers.get_all(AUTHORIZATION).iter();
+        let (first, second) = (authorization.next(), authorization.next());
+        let credentials = match (first, second) {
+            (_, Some(_)) => Err("repeated Authorization header".to_string()),
+            (value, None) => parse_authorization(value.map(HeaderValue::as_bytes)).map_err(|e| e.to_string()),
+        };
+        let credentials = match credentials {
+            Ok(c) => c,
+            Err(why) => {
+                return Err(self.challenge(&access, None, Outcome::Unauthorized, format!("bad credentials: {why}")))
+            }
+        };
+
+        // Who is asking: anonymous, a verified user, or a token's subject.
+        let mut token_holder = false;
+        let mut groups: Vec<String> = Vec::new();
+        let mut key_id: Option<String> = None;
+        let user: Option<String> = match credentials {
+            // In token mode this is challenged whatever the rules say (decision::answer).
+            Credentials::Anonymous => None,
+            Credentials::Basic { user, password } => match self.check_password(&user, &password, client).await {
+                PasswordCheck::Accepted(login) => {
+                    tracing::debug!(target: "csel_auth::login", user = login.user, source = login.source.label(), "login confirmed");
+                    groups = login.groups;
+                    (facts.auth, facts.detail) = match &login.source {
+                        LoginSource::Htpasswd => (Some("htpasswd"), None),
+                        LoginSource::Ldap => (Some("ldap"), None),
+                        LoginSource::Oidc { issuer } => (Some("oidc"), Some(issuer.clone())),
+                        LoginSource::AccessKey { id } => (Some("access_key"), Some(id.clone())),
+                    };
+                    if let LoginSource::AccessKey { id } = login.source {
+                        key_id = Some(id);
+                    }
+                    Some(login.user)
+                }
+                PasswordCheck::Refused => {
+                    return Err(self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        format!("wrong password or unknown user `{user}`"),
+                    ));
+                }
+                PasswordCheck::Unavailable(why) => {
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Outcome::Error,
+                        format!("login of `{user}` not checked: {why}"),
+                    ));
+                }
+            },
+            Credentials::Bearer(bearer) => {
+                let Some(realm) = &self.token else {
+                    return Err(self.challenge(
+                        &access,
+                        None,
+                        Outcome::Unauthorized,
+                        "bearer token without --token-realm".into(),
+                    ));
+                };
+                let verified = self
+                    .verified_tokens
+                    .verify(&realm.key, &realm.settings, &bearer, SystemTime::now());
+                // A user's token is bound to the password entry it was issued
+                // against, checked on every request (cached or not): a changed,
+                // removed or re-created entry ends it.
+                let current = |user: &str| self.store.htpasswd().entry_fingerprint(user);
+                match verified {
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: None },
+                        ..
+                    }) => {
+                        token_holder = true;
+                        None
+                    }
+                    // A key's token: the key is checked below, with a Basic key login's.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                        ..
+                    }) if token::bound_key(&binding).is_some() => {
+                        token_holder = true;
+                        key_id = token::bound_key(&binding).map(str::to_string);
+                        Some(user)
+                    }
+                    // A user of another identity source: the token carries the source and its
+                    // groups, good for its short life while that source is still configured.
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        source: Some(source),
+                        groups: token_groups,
+                        ..
+                    }) if self.source_configured(&source) => {
+                        token_holder = true;
+                        groups = token_groups;
+                        Some(user)
+                    }
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        binding,
+                        source: None,
+                        ..
+                    }) if !binding.is_empty() && current(&user).as_deref() == Some(binding.as_str()) => {
+                        token_holder = true;
+                        Some(user)
+                    }
+                    Ok(token::CachedAccess {
+                        identity: Identity { user: Some(user) },
+                        ..
+                    }) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let why = if current(&user).is_some() {
+                            "issued before their password entry changed"
+                        } else {
+                            "who is no longer a user"
+                        };
+                        return Err(self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("token for `{user}` {why}"),
+                        ));
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Err(self.challenge(
+                            &access,
+                            Some("invalid_token"),
+                            Outcome::Unauthorized,
+                            format!("invalid token: {e}"),
+                        ));
+                    }
+                }
+            }
+        };
+
+        // The key as the keys file in force has it now: a revoked or expired key ends its
+        // tokens at once, and its scope is the current one.
+        let keys = self.store.access_keys();
+        if let Some(id) = &key_id {
+            match keys.get(id) {
+                Some(k) if Some(k.owner.as_str()) == user.as_deref() && !k.is_expired(SystemTime::now()) => {}
+                found => {
+                    let why = match found {
+                        None => "is revoked",
+                        Some(k) if Some(k.owner.as_str()) != user.as_deref() => "belongs to another user",
+                        Some(_) => "has expired",
+                    };
+                    if token_holder {
+                        self.metrics
+                            .token_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut verdict = self.challenge(
+                        &access,
+                        token_holder.then_some("invalid_token"),
+                        Outcome::Unauthorized,
+                        format!("access key {id} {why}"),
+                    );
+                    verdict.key = key_id.clone();
+                    return Err(verdict);
+                }
+            }
+        }
+        Ok(Caller {
+            user,
+            groups,
+            key_id,
+            token_holder,
+            keys,
+        })
     }
 
     /// A 401 with the challenge for this request.

@@ -61,4 +61,6 @@ pub(crate) struct Config {
     pub ldap: Option<crate::identity::ldap::LdapSettings>,
     /// `[[oidc]]`, checked: JWTs of these issuers are accepted as passwords.
     pub oidc: Vec<crate::oidc::OidcSettings>,
+    /// `[registry]` / `--registry`: the registry's own address.
+    pub registry: Option<crate::registry::RegistrySettings>,
 }

@@ -38,6 +38,8 @@ pub(crate) enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("[registry]: {0}")]
+    Registry(String),
     #[error("--realm `{0}` cannot be sent in a header")]
     Realm(String),
     #[error(transparent)]
@@ -105,6 +107,8 @@ pub(crate) struct App {
     oidc: Option<Arc<crate::oidc::Issuers>>,
     /// Logins per access key, for `/metrics`.
     key_logins: crate::access_keys::KeyLogins,
+    /// `[registry]`: asked whether a tag exists, and for the repository list.
+    registry: Option<Arc<crate::registry::Registry>>,
 }
 
 /// Failed-login records kept (users, addresses, and both), about 20 MB at most.
@@ -205,6 +209,12 @@ impl App {
         let realm = config.basic_realm.replace(['"', '\\'], "");
         let basic_challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
             .map_err(|_| StartError::Realm(realm.clone()))?;
+        let registry = match &config.registry {
+            None => None,
+            Some(settings) => Some(Arc::new(
+                crate::registry::Registry::new(settings.clone()).map_err(StartError::Registry)?,
+            )),
+        };
         let throttle = Arc::new(LoginThrottle::new(THROTTLE_RECORDS));
         let audit = match &config.audit_file {
             None => None,
@@ -232,6 +242,7 @@ impl App {
             ldap,
             oidc,
             key_logins: crate::access_keys::KeyLogins::new(),
+            registry,
         })
     }
 
@@ -312,6 +323,9 @@ impl App {
                 }
                 if let Some(oidc) = &self.oidc {
                     text.push_str(&crate::metrics::render_oidc(&oidc.stats()));
+                }
+                if let Some(registry) = &self.registry {
+                    text.push_str(&crate::metrics::render_registry(registry.stats()));
                 }
                 // Revoked keys' counts go with them: the map holds no more ids than the file.
                 let keys = self.store.access_keys();

@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(1);
 const LONGEST_PAUSE: Duration = Duration::from_millis(20);
+/// The pause of [`time_until`]: fine enough for the latencies it measures, and a ceiling on the
+/// probes a second. A probe is often a request on a new connection, and a loop without a pause
+/// opened thousands a second, each leaving a socket in TIME_WAIT for a minute: next to the other
+/// tests' connections that ran the machine out of local ports, and the next connect failed.
+const MEASURED_PAUSE: Duration = Duration::from_millis(1);
 
 /// A condition that did not come true in time.
 #[derive(Debug)]
@@ -52,8 +57,8 @@ pub fn wait_for<T>(timeout: Duration, what: &str, probe: impl FnMut() -> Option<
     }
 }
 
-/// How long `condition` took to become true, polled without pausing (for latencies that are
-/// measured), or `None` after `timeout`. The clock starts when this is called.
+/// How long `condition` took to become true, polled every [`MEASURED_PAUSE`] (for latencies that
+/// are measured), or `None` after `timeout`. The clock starts when this is called.
 pub fn time_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     loop {
@@ -63,7 +68,7 @@ pub fn time_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Opt
         if start.elapsed() >= timeout {
             return None;
         }
-        std::thread::yield_now();
+        std::thread::sleep(MEASURED_PAUSE);
     }
 }
 
