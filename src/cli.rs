@@ -34,7 +34,7 @@ enum Command {
     Check(CheckArgs),
     /// Show how one request is decided, and why.
     Explain(ExplainArgs),
-    /// Check a file of expected decisions (`allow|deny|STATUS USER METHOD PATH`).
+    /// Check a file of expected decisions (`allow|deny|STATUS USER METHOD PATH [tag-exists|new-tag]`).
     Test(TestArgs),
     /// Evaluate one expression against one request (no path checks).
     Eval(EvalArgs),
@@ -687,7 +687,20 @@ fn explain_command(args: &ExplainArgs) -> Result<Conclusion, Error> {
 
 fn print_explanation(e: &Explanation, method: &str) {
     let d = &e.decision;
-    println!("decision: {}", e.answer);
+    match &d.tag_check {
+        None => println!("decision: {}", e.answer),
+        Some(check) => {
+            println!(
+                "decision: depends on whether tag {} of {} exists (the service asks the registry)",
+                check.tag, check.name
+            );
+            for (exists, case) in [(true, "if it exists:  "), (false, "if it is new:  ")] {
+                let settled = d.clone().settle(exists);
+                let answer = crate::decision::answer(&settled, e.credential, e.token_mode);
+                println!("          {case}{answer}: {}", settled.reason);
+            }
+        }
+    }
     match &e.user {
         None => println!("subject:  anonymous"),
         Some(u) if e.groups.is_empty() => println!("subject:  {u} (no groups)"),
@@ -710,7 +723,9 @@ fn print_explanation(e: &Explanation, method: &str) {
             None => println!("route:    docker {}", route.kind()),
         }
     }
-    println!("reason:   {}", d.reason);
+    if d.tag_check.is_none() {
+        println!("reason:   {}", d.reason);
+    }
     if let Some((id, scope, check)) = &e.key {
         println!("key:      {id} ({scope})");
         match check {
@@ -731,7 +746,7 @@ fn print_explanation(e: &Explanation, method: &str) {
             println!("  line {}: {}", g.line, g.grant);
         }
     }
-    if !d.allowed && !e.closest.is_empty() {
+    if !d.allowed && d.tag_check.is_none() && !e.closest.is_empty() {
         println!("closest grants:");
         for g in &e.closest {
             println!("  line {}: {}", g.line, g.grant);
@@ -774,12 +789,18 @@ fn test_command(args: &TestArgs) -> Result<Conclusion, Error> {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [expected, user, method, path] = fields[..] else {
-            return Err(Error::DecisionsLine {
-                path: shown,
-                line: number + 1,
-                message: format!("expected `allow|deny USER METHOD PATH`, found `{line}`"),
-            });
+        let (expected, user, method, path, tag) = match fields[..] {
+            [expected, user, method, path] => (expected, user, method, path, None),
+            [expected, user, method, path, tag @ ("tag-exists" | "new-tag")] => {
+                (expected, user, method, path, Some(tag == "tag-exists"))
+            }
+            _ => {
+                return Err(Error::DecisionsLine {
+                    path: shown,
+                    line: number + 1,
+                    message: format!("expected `allow|deny USER METHOD PATH [tag-exists|new-tag]`, found `{line}`"),
+                })
+            }
         };
         let user = Some(user).filter(|u| *u != "anonymous" && *u != "-");
         let request = AccessRequest {
@@ -789,7 +810,22 @@ fn test_command(args: &TestArgs) -> Result<Conclusion, Error> {
             content_type: None,
         };
         let credential = args.token.credential(user);
-        let (decision, answer) = decide_and_answer(&rules, user, credential, args.token.token_mode, &request);
+        let (mut decision, mut answer) = decide_and_answer(&rules, user, credential, args.token.token_mode, &request);
+        if let Some(check) = &decision.tag_check {
+            let Some(exists) = tag else {
+                return Err(Error::DecisionsLine {
+                    path: shown,
+                    line: number + 1,
+                    message: format!(
+                        "this decision depends on whether tag {} of {} exists (the rules grant `edit` or \
+                         `overwrite` here, not both): end the line with `tag-exists` or `new-tag`",
+                        check.tag, check.name
+                    ),
+                });
+            };
+            decision = decision.settle(exists);
+            answer = crate::decision::answer(&decision, credential, args.token.token_mode);
+        }
         let (held_here, got) = match expected {
             "allow" | "deny" => {
                 let got = if answer == Answer::Allow { "allow" } else { "deny" };

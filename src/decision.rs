@@ -33,6 +33,42 @@ pub struct Decision {
     pub path: Option<String>,
     pub action: Option<Action>,
     pub docker: Option<DockerRoute>,
+    /// Set when the answer depends on whether a tag exists: the subject may create tags here
+    /// (`edit`) or move existing ones (`overwrite`), not both. `allowed` is false until
+    /// [`Decision::settle`] is given the registry's answer, so a caller that does not ask denies.
+    pub tag_check: Option<TagCheck>,
+}
+
+/// A manifest `PUT` by tag whose outcome depends on whether the registry already holds the tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagCheck {
+    pub name: String,
+    pub tag: String,
+    /// The outcome when the tag exists (moving it needs `overwrite`): the grant, or the refusal.
+    pub if_exists: Result<Reason, Reason>,
+    /// The outcome when it does not (creating it needs `edit`).
+    pub if_new: Result<Reason, Reason>,
+}
+
+impl Decision {
+    /// The decision once the registry said whether the tag exists; a decision without a tag
+    /// check is returned as it is.
+    pub fn settle(mut self, tag_exists: bool) -> Decision {
+        let Some(check) = self.tag_check.take() else {
+            return self;
+        };
+        let (outcome, action) = if tag_exists {
+            (check.if_exists, Action::Overwrite)
+        } else {
+            (check.if_new, Action::Edit)
+        };
+        self.action = Some(action);
+        (self.allowed, self.reason) = match outcome {
+            Ok(granted) => (true, granted),
+            Err(refused) => (false, refused),
+        };
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +94,11 @@ pub enum Reason {
     MountSourceDenied { from: String },
     /// The rules allow the owner, but the access key used is scoped narrower.
     OutsideKeyScope { key: String },
+    /// A manifest `PUT` by a tag that exists, from a subject allowed to create tags here but
+    /// not to move them (`edit` without `overwrite`).
+    TagExists { name: String, tag: String },
+    /// A manifest `PUT` by a new tag, from a subject allowed only to move existing tags.
+    TagIsNew { name: String, tag: String },
 }
 
 impl fmt::Display for Reason {
@@ -75,6 +116,16 @@ impl fmt::Display for Reason {
             Reason::BadMount(why) => write!(f, "refused mount: {why}"),
             Reason::MountSourceDenied { from } => write!(f, "mount source {from} is not readable"),
             Reason::OutsideKeyScope { key } => write!(f, "outside the scope of access key {key}"),
+            Reason::TagExists { name, tag } => write!(
+                f,
+                "tag {tag} of {name} exists and may not be overwritten (moving a tag needs `overwrite`)"
+            ),
+            Reason::TagIsNew { name, tag } => {
+                write!(
+                    f,
+                    "tag {tag} of {name} is new (creating a tag needs `edit`; only `overwrite` is granted)"
+                )
+            }
         }
     }
 }
@@ -152,6 +203,11 @@ pub(crate) fn answer(decision: &Decision, credential: Credential, token_mode: bo
     if decision.reason.is_malformed() {
         return Answer::Forbidden;
     }
+    // The tag is there and this subject may not move it: no other token or login of the same
+    // user changes that, and the 403 carries the reason to the client.
+    if matches!(decision.reason, Reason::TagExists { .. }) && credential != Credential::None {
+        return Answer::Forbidden;
+    }
     match credential {
         Credential::None => Answer::Challenge,
         Credential::Basic => Answer::Forbidden,
@@ -222,14 +278,47 @@ pub fn decide_and_answer_for(
 /// scoped to one repository could copy blobs in from any other its owner reads. The `/v2/`
 /// ping needs only a valid key: it is how `docker login` checks credentials.
 pub fn narrow_to_scope(mut decision: Decision, key: KeyInUse, user: Option<&str>, request: &AccessRequest) -> Decision {
+    let outside = || Reason::OutsideKeyScope {
+        key: key.id.to_string(),
+    };
+    if decision.allowed && decision.reason != Reason::PingForUsers {
+        if let Some((name, tag)) = tag_put(request.method, decision.docker.as_ref()) {
+            // The owner may create and move this tag; the key may hold only one of the two.
+            decision.tag_check = Some(TagCheck {
+                name: name.to_string(),
+                tag: tag.to_string(),
+                if_exists: Ok(decision.reason.clone()),
+                if_new: Ok(decision.reason.clone()),
+            });
+            decision.allowed = false;
+        }
+    }
+    if let Some(mut check) = decision.tag_check.take() {
+        // Either outcome must be inside the scope too: moving the tag needs the key to hold
+        // `overwrite`, creating it `edit`.
+        let scope = inside_scope(&decision, key.scope, user, request);
+        if !scope.on_ok || !key.scope.actions.contains(Action::Overwrite) {
+            check.if_exists = check.if_exists.and(Err(outside()));
+        }
+        if !scope.all() {
+            check.if_new = check.if_new.and(Err(outside()));
+        }
+        match (&check.if_exists, &check.if_new) {
+            (Ok(granted), Ok(_)) => {
+                decision.allowed = true;
+                decision.reason = granted.clone();
+            }
+            (Err(_), Err(_)) => decision.reason = outside(),
+            _ => decision.tag_check = Some(check),
+        }
+        return decision;
+    }
     if !decision.allowed || decision.reason == Reason::PingForUsers {
         return decision;
     }
     if !inside_scope(&decision, key.scope, user, request).all() {
         decision.allowed = false;
-        decision.reason = Reason::OutsideKeyScope {
-            key: key.id.to_string(),
-        };
+        decision.reason = outside();
     }
     decision
 }
@@ -304,6 +393,7 @@ fn deny(reason: Reason) -> Decision {
         path: None,
         action: None,
         docker: None,
+        tag_check: None,
     }
 }
 
@@ -330,6 +420,7 @@ pub fn decide_for(rules: &Rules, subject: &Subject, request: &AccessRequest) -> 
         path: None,
         action: Some(action),
         docker: target.docker.clone(),
+        tag_check: None,
     };
     let facts = Facts {
         format: request.format,
@@ -343,12 +434,47 @@ pub fn decide_for(rules: &Rules, subject: &Subject, request: &AccessRequest) -> 
     } else if user.is_some() && target.docker == Some(DockerRoute::Base) {
         decision.allowed = true;
         decision.reason = Reason::PingForUsers;
+    } else if let Some((name, tag)) = tag_put(request.method, target.docker.as_ref()) {
+        let edit = rules.find_grant_for(user, groups, Action::Edit, &facts);
+        let overwrite = rules.find_grant_for(user, groups, Action::Overwrite, &facts);
+        match (edit, overwrite) {
+            (None, None) => {}
+            (Some(grant), Some(_)) => {
+                decision.allowed = true;
+                decision.reason = granted(grant);
+            }
+            (edit, overwrite) => {
+                decision.tag_check = Some(TagCheck {
+                    if_exists: overwrite.map(granted).ok_or_else(|| Reason::TagExists {
+                        name: name.to_string(),
+                        tag: tag.to_string(),
+                    }),
+                    if_new: edit.map(granted).ok_or_else(|| Reason::TagIsNew {
+                        name: name.to_string(),
+                        tag: tag.to_string(),
+                    }),
+                    name: name.to_string(),
+                    tag: tag.to_string(),
+                });
+            }
+        }
     } else if let Some(grant) = rules.find_grant_for(user, groups, action, &facts) {
         decision.allowed = true;
         decision.reason = granted(grant);
     }
     decision.path = Some(target.path);
     decision
+}
+
+/// The repository and tag of a manifest `PUT` by tag (not by digest: content put by its digest
+/// moves nothing).
+fn tag_put<'t>(method: &str, route: Option<&'t DockerRoute>) -> Option<(&'t str, &'t str)> {
+    match route {
+        Some(DockerRoute::Manifest { name, reference }) if method == "PUT" && !reference.contains(':') => {
+            Some((name, reference))
+        }
+        _ => None,
+    }
 }
 
 fn granted(grant: &Grant) -> Reason {
@@ -444,6 +570,9 @@ pub(crate) struct Explanation {
     pub decision: Decision,
     /// What the service would answer.
     pub answer: Answer,
+    /// What the answer was worked out for (a tag check's two outcomes are answered alike).
+    pub credential: Credential,
+    pub token_mode: bool,
     pub user: Option<String>,
     /// The rules file's groups of the user.
     pub groups: Vec<String>,
@@ -484,6 +613,8 @@ pub(crate) fn explain(
     let mut explanation = Explanation {
         key,
         answer,
+        credential,
+        token_mode,
         user: user.map(str::to_string),
         groups: user
             .map(|u| rules.groups_of(u).map(str::to_string).collect())
@@ -821,5 +952,142 @@ grant pull on (path =^ "/v2/dev/") to @developers
         assert!(explained.decision.allowed);
         assert_eq!(explained.external_groups, ["developers"]);
         assert_eq!(explained.matched.len(), 1);
+    }
+
+    const TAG_RULES: &str = r#"
+selector releases = path =^ "/v2/releases/"
+selector moving = path =~ "/v2/releases/[^/]+/manifests/latest"
+group ci = robot
+grant pull, add, edit on releases to @ci
+grant overwrite on moving to @ci
+grant overwrite on releases to mover
+grant push on releases to admin
+"#;
+
+    fn tag_decision(user: &str, method: &str, uri: &str, key: Option<(&str, &str)>) -> Decision {
+        let rules = Rules::parse("t.rules", TAG_RULES).unwrap();
+        let request = AccessRequest {
+            method,
+            uri,
+            format: "docker",
+            content_type: None,
+        };
+        let keys;
+        let key = match key {
+            None => None,
+            Some((id, fields)) => {
+                let text = format!(
+                    "key {id} user={user} created=2026-11-29T05:00:00Z expires=never {fields} sha256={}",
+                    "ab".repeat(32)
+                );
+                keys = crate::access_keys::AccessKeys::parse("keys", &text).unwrap();
+                let k = keys.get(id).unwrap();
+                Some(KeyInUse {
+                    id: &k.id,
+                    scope: &k.scope,
+                })
+            }
+        };
+        decide_and_answer_for(
+            &rules,
+            &Subject::local(Some(user)),
+            Credential::Basic,
+            false,
+            &request,
+            key,
+        )
+        .0
+    }
+
+    const V1: &str = "/v2/releases/app/manifests/v1";
+
+    #[test]
+    fn edit_alone_creates_a_tag_and_never_moves_one() {
+        let pending = tag_decision("robot", "PUT", V1, None);
+        // Undecided is denied: a caller that does not ask the registry refuses.
+        assert!(!pending.allowed);
+        let check = pending.tag_check.clone().unwrap();
+        assert_eq!((check.name.as_str(), check.tag.as_str()), ("releases/app", "v1"));
+
+        let new = pending.clone().settle(false);
+        assert!(new.allowed, "{:?}", new.reason);
+        assert_eq!(new.action, Some(Action::Edit));
+        assert!(new.tag_check.is_none());
+
+        let exists = pending.settle(true);
+        assert!(!exists.allowed);
+        assert_eq!(exists.action, Some(Action::Overwrite));
+        assert_eq!(
+            exists.reason,
+            Reason::TagExists {
+                name: "releases/app".into(),
+                tag: "v1".into()
+            }
+        );
+        // 403 with the reason, whether the client logged in or holds a token.
+        assert_eq!(answer(&exists, Credential::Basic, false), Answer::Forbidden);
+        assert_eq!(answer(&exists, Credential::Token, true), Answer::Forbidden);
+    }
+
+    #[test]
+    fn overwrite_alone_moves_a_tag_and_never_creates_one() {
+        let pending = tag_decision("mover", "PUT", V1, None);
+        assert!(!pending.allowed);
+        assert!(pending.clone().settle(true).allowed);
+        let new = pending.settle(false);
+        assert!(!new.allowed);
+        assert!(matches!(new.reason, Reason::TagIsNew { .. }));
+    }
+
+    #[test]
+    fn push_and_both_actions_need_no_tag_check() {
+        for (user, uri) in [("admin", V1), ("robot", "/v2/releases/app/manifests/latest")] {
+            let decision = tag_decision(user, "PUT", uri, None);
+            assert!(decision.allowed, "{user} {uri}: {:?}", decision.reason);
+            assert!(decision.tag_check.is_none());
+            // Settling a decision without a check changes nothing.
+            assert!(decision.settle(true).allowed);
+        }
+    }
+
+    #[test]
+    fn only_a_manifest_put_by_tag_is_checked() {
+        let digest = format!("/v2/releases/app/manifests/sha256:{}", "a".repeat(64));
+        let upload = "/v2/releases/app/blobs/uploads/6f1e2c8a-0d5e-4b7a-9c3e-1a2b3c4d5e6f?digest=sha256:aa";
+        for uri in [digest.as_str(), upload] {
+            let decision = tag_decision("robot", "PUT", uri, None);
+            assert!(decision.allowed, "{uri}: {:?}", decision.reason);
+            assert!(decision.tag_check.is_none(), "{uri}");
+        }
+        for method in ["GET", "HEAD", "DELETE"] {
+            assert!(tag_decision("robot", method, V1, None).tag_check.is_none(), "{method}");
+        }
+        // Nothing granted: no check either.
+        assert!(tag_decision("nobody", "PUT", V1, None).tag_check.is_none());
+    }
+
+    #[test]
+    fn an_access_key_narrows_both_outcomes() {
+        // The owner may create and move; a key with `edit` but not `overwrite` only creates.
+        let key = tag_decision("admin", "PUT", V1, Some(("k", "actions=pull,add,edit")));
+        assert!(!key.allowed);
+        let check = key.tag_check.clone().unwrap();
+        assert!(check.if_new.is_ok());
+        assert_eq!(check.if_exists, Err(Reason::OutsideKeyScope { key: "k".into() }));
+        assert!(key.clone().settle(false).allowed);
+        assert!(!key.settle(true).allowed);
+        // A push key keeps both: no check.
+        let push = tag_decision("admin", "PUT", V1, Some(("k", "actions=push")));
+        assert!(push.allowed && push.tag_check.is_none());
+        // A pull key, or a key scoped elsewhere, has neither.
+        for fields in ["actions=pull", r#"on=(path =^ "/v2/other/")"#] {
+            let refused = tag_decision("admin", "PUT", V1, Some(("k", fields)));
+            assert!(!refused.allowed && refused.tag_check.is_none(), "{fields}");
+            assert_eq!(refused.reason, Reason::OutsideKeyScope { key: "k".into() });
+        }
+        // The rules' own check stays: robot's push key still cannot move v1.
+        let robot = tag_decision("robot", "PUT", V1, Some(("k", "actions=push")));
+        assert!(!robot.clone().settle(true).allowed);
+        assert!(robot.settle(false).allowed);
     }
 }

@@ -39,7 +39,7 @@ const ALICE: &str = "alice:$2y$04$2P3vVCpMfwvLN4tC8ALBbOBj35AF8TLN9SHr5.ZaBPRsgF
 
 #[test]
 fn example_decisions_hold() {
-    for name in ["registry", "readonly-admins", "personal"] {
+    for name in ["registry", "readonly-admins", "personal", "protected-tags"] {
         let rules = format!("examples/{name}.rules");
         let decisions = format!("examples/{name}.decisions");
         let o = csel_auth(&["test", &rules, &decisions]);
@@ -59,6 +59,70 @@ fn a_wrong_expectation_fails_the_test_command() {
     let out = text(&o);
     assert!(out.contains("wrong.decisions:3: expected allow, got deny"), "{out}");
     assert!(out.contains("1 held, 1 wrong"), "{out}");
+}
+
+#[test]
+fn a_decision_that_turns_on_a_tag_names_the_case() {
+    let (_dir, decisions) = temp_file(
+        "tags.decisions",
+        "allow alice PUT /v2/releases/app/manifests/v1 new-tag\nallow alice PUT /v2/releases/app/manifests/v1 tag-exists\n",
+    );
+    let o = csel_auth(&["test", "examples/protected-tags.rules", &decisions]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains(
+            "tags.decisions:2: expected allow, got deny (tag v1 of releases/app exists and may not be overwritten"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 held, 1 wrong"), "{out}");
+
+    let (_dir, decisions) = temp_file("open.decisions", "allow alice PUT /v2/releases/app/manifests/v1\n");
+    let o = csel_auth(&["test", "examples/protected-tags.rules", &decisions]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("open.decisions:1: this decision depends on whether tag v1 of releases/app exists")
+            && text(&o).contains("end the line with `tag-exists` or `new-tag`"),
+        "{}",
+        text(&o)
+    );
+
+    let o = csel_auth(&[
+        "explain",
+        "--rules",
+        "examples/protected-tags.rules",
+        "--user",
+        "alice",
+        "PUT",
+        "/v2/releases/app/manifests/v1",
+    ]);
+    let out = text(&o);
+    assert!(
+        out.contains("decision: depends on whether tag v1 of releases/app exists"),
+        "{out}"
+    );
+    assert!(
+        out.contains("if it exists:  DENY (403): tag v1 of releases/app exists"),
+        "{out}"
+    );
+    assert!(
+        out.contains("if it is new:  ALLOW (200): line 24: grant pull, add, edit on releases to @ci"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_says_once_per_grant_that_edit_alone_moves_no_tag() {
+    let (o, _dir, _rules) = check_with_htpasswd(
+        "selector a = path =^ \"/v2/a/\"\ngrant edit on a to alice\ngrant pull, add, edit on a to alice\ngrant push on a to alice\ngrant edit, overwrite on a to alice\ngrant * on a to alice\n",
+        ALICE,
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(out.matches("`edit` without `overwrite`").count(), 2, "{out}");
+    assert!(out.contains("r.rules:2:1"), "{out}");
+    assert!(out.contains("r.rules:3:1"), "{out}");
 }
 
 #[test]

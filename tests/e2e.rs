@@ -4,4 +4,5 @@ mod access_keys;
 mod docker;
 mod federated;
 mod paths;
+mod protected_tags;
 mod skopeo_podman;

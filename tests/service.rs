@@ -1207,3 +1207,50 @@ fn the_audit_log_has_one_json_line_per_decision_and_follows_logrotate() {
     assert!(service.metric("csel_auth_audit_lines_total") >= 3.0);
     assert_eq!(service.metric("csel_auth_audit_dropped_total"), 0.0);
 }
+
+/// A push whose answer turns on whether a tag exists is refused (503) when the registry cannot
+/// say: none configured, or nothing listening there. Pushes that need no tag check go on.
+#[test]
+fn a_tag_push_is_refused_when_the_registry_cannot_say() {
+    let rules = crate::kit::files::example("protected-tags.rules").unwrap();
+    let v1 = "/v2/releases/app/manifests/v1";
+    let unchecked = [
+        ("PUT", "/v2/releases/app/manifests/latest"),
+        ("POST", "/v2/releases/app/blobs/uploads/"),
+    ];
+
+    let without = Setup::new(&rules).start();
+    assert_eq!(without.auth_user("PUT", v1, "alice").status, 503);
+    without.wait_for_log(
+        "no registry is configured to ask: set `[registry] url`",
+        RELOAD_DEADLINE,
+    );
+    for (method, uri) in unchecked {
+        assert_eq!(without.auth_user(method, uri, "alice").status, 200, "{method} {uri}");
+    }
+
+    let closed = crate::kit::ports::free_addr();
+    let unreachable = Setup::new(&rules).registry(&format!("http://{closed}")).start();
+    assert_eq!(unreachable.auth_user("PUT", v1, "alice").status, 503);
+    unreachable.wait_for_log("whether tag v1 of releases/app exists is unknown", RELOAD_DEADLINE);
+    assert_eq!(
+        unreachable.metric("csel_auth_registry_tag_checks_total{result=\"error\"}"),
+        1.0,
+        "{}",
+        unreachable.metrics_text()
+    );
+    for (method, uri) in unchecked {
+        assert_eq!(
+            unreachable.auth_user(method, uri, "alice").status,
+            200,
+            "{method} {uri}"
+        );
+    }
+    // Nobody is asked for a user who may do both, or neither.
+    assert_eq!(unreachable.auth_user("PUT", v1, "admin-parente").status, 200);
+    assert_eq!(unreachable.auth_user("PUT", v1, "carol").status, 403);
+    assert_eq!(
+        unreachable.metric("csel_auth_registry_tag_checks_total{result=\"error\"}"),
+        1.0
+    );
+}

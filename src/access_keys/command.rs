@@ -153,7 +153,7 @@ fn action_words(words: &[String]) -> Result<Option<String>, String> {
                 "error: --actions: unknown action `{word}`: the actions are {}",
                 ActionSet::ACTION_WORDS
             );
-            if let Some(near) = did_you_mean(word, ["read", "add", "edit", "delete", "pull", "push"]) {
+            if let Some(near) = did_you_mean(word, ActionSet::WORDS) {
                 message.push_str(&format!(" — did you mean `{near}`?"));
             }
             return Err(message);

@@ -397,7 +397,7 @@ impl LineParser<'_> {
                                     format!("unknown action `{word}`: the actions are {}", ActionSet::ACTION_WORDS)
                                 },
                             );
-                            if let Some(near) = did_you_mean(word, ["read", "add", "edit", "delete", "pull", "push"]) {
+                            if let Some(near) = did_you_mean(word, ActionSet::WORDS) {
                                 d = d.with_help(format!("did you mean `{near}`?"));
                             }
                             return Err(d);

@@ -97,6 +97,19 @@ pub fn lint(rules: &Rules, options: &LintOptions) -> Vec<Diagnostic> {
         }
     }
 
+    for grant in rules.grants() {
+        if grant.actions.contains(Action::Edit) && !grant.actions.contains(Action::Overwrite) {
+            warnings.push(Warning {
+                line: grant.line,
+                column: grant.column,
+                message: "`edit` without `overwrite`: this grant creates tags but does not move existing ones (a PUT \
+                          of a tag the registry already holds needs `overwrite`; `push` and `*` include it). Add \
+                          `overwrite` if moving tags is meant"
+                    .to_string(),
+            });
+        }
+    }
+
     let group_names: Vec<&str> = rules.groups().iter().map(|g| g.name.as_str()).collect();
     for grant in rules.grants() {
         for subject in &grant.subjects {

@@ -20,20 +20,29 @@ use crate::files::{read_bounded, ReadError};
 /// Largest rules file accepted; far above 100k grants.
 pub(crate) const MAX_RULES_BYTES: u64 = 32 << 20;
 
-/// The four kinds of access, as Nexus names them.
+/// The kinds of access: Nexus's four, and `overwrite`, a `PUT` of a manifest by a tag that
+/// already exists (moving the tag). `edit` is every other `PUT`: one that creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Read,
     Add,
     Edit,
     Delete,
+    Overwrite,
 }
 
 impl Action {
-    pub(crate) const ALL: [Action; 4] = [Action::Read, Action::Add, Action::Edit, Action::Delete];
+    pub(crate) const ALL: [Action; 5] = [
+        Action::Read,
+        Action::Add,
+        Action::Edit,
+        Action::Delete,
+        Action::Overwrite,
+    ];
 
     /// Nexus's mapping of HTTP methods; any other method has no action and
-    /// is denied.
+    /// is denied. A `PUT` is `edit` here; the decision tells a tag that already exists
+    /// (`overwrite`) from one that does not.
     pub(crate) fn from_method(method: &str) -> Option<Action> {
         Some(match method {
             "GET" | "HEAD" | "OPTIONS" => Action::Read,
@@ -50,6 +59,7 @@ impl Action {
             Action::Add => "add",
             Action::Edit => "edit",
             Action::Delete => "delete",
+            Action::Overwrite => "overwrite",
         }
     }
 
@@ -70,16 +80,20 @@ pub struct ActionSet(u8);
 
 impl ActionSet {
     pub(crate) const ACTION_WORDS: &'static str =
-        "read, add, edit, delete, pull (= read), push (= read, add, edit) or *";
+        "read, add, edit, delete, overwrite, pull (= read), push (= read, add, edit, overwrite) or *";
 
-    /// `read`, `add`, `edit`, `delete`, `*`, and Docker's `pull` and `push`.
+    /// Every action word, for "did you mean".
+    pub(crate) const WORDS: [&'static str; 7] = ["read", "add", "edit", "delete", "overwrite", "pull", "push"];
+
+    /// `read`, `add`, `edit`, `delete`, `overwrite`, `*`, and Docker's `pull` and `push`.
     pub(crate) fn from_word(word: &str) -> Option<ActionSet> {
         let actions: &[Action] = match word {
             "read" | "pull" => &[Action::Read],
             "add" => &[Action::Add],
             "edit" => &[Action::Edit],
             "delete" => &[Action::Delete],
-            "push" => &[Action::Read, Action::Add, Action::Edit],
+            "overwrite" => &[Action::Overwrite],
+            "push" => &[Action::Read, Action::Add, Action::Edit, Action::Overwrite],
             "*" => &Action::ALL,
             _ => return None,
         };

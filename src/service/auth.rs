@@ -13,6 +13,10 @@ use super::{
     denial, respond, single_header, App, Body, Single, X_AUTH_USER, X_ORIGINAL_CONTENT_TYPE, X_ORIGINAL_METHOD,
     X_ORIGINAL_URI, X_REAL_IP, X_REPOSITORY_FORMAT,
 };
+
+/// A refusal's reason for the client (see `client_message`), read by nginx's
+/// `auth_request_set $csel_auth_error $upstream_http_x_auth_error`.
+const X_AUTH_ERROR: HeaderName = HeaderName::from_static("x-auth-error");
 use crate::access_keys::KeyCheck;
 use crate::audit::AuditEntry;
 use crate::decision::{decide, decide_and_answer_for, AccessRequest, Answer, Credential, Decision, KeyInUse, Subject};
@@ -232,7 +236,39 @@ impl App {
             user: user.as_deref(),
             groups: &groups,
         };
-        let (decision, answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access, key);
+        let (mut decision, mut answer) = decide_and_answer_for(&rules, &subject, credential, token_mode, &access, key);
+        // Only the registry knows whether the tag exists; asked only when the answer turns on
+        // it, and any trouble asking refuses the push.
+        if let Some(check) = decision.tag_check.as_ref().filter(|_| answer != Answer::Challenge) {
+            let asked = match &self.registry {
+                None => Err(format!(
+                    "whether tag {} of {} exists decides this push, and no registry is configured to ask: \
+                     set `[registry] url` (or --registry) to the registry's own address",
+                    check.tag, check.name
+                )),
+                Some(registry) => registry
+                    .manifest_exists(&check.name, &check.tag)
+                    .await
+                    .map_err(|e| format!("whether tag {} of {} exists is unknown: {e}", check.tag, check.name)),
+            };
+            match asked {
+                Ok(exists) => {
+                    decision = decision.settle(exists);
+                    answer = crate::decision::answer(&decision, credential, token_mode);
+                }
+                Err(why) => {
+                    tracing::warn!(target: "csel_auth::service", "{why}: push refused (503)");
+                    return Verdict {
+                        response: denial(StatusCode::SERVICE_UNAVAILABLE),
+                        outcome: Outcome::Error,
+                        user,
+                        reason: why,
+                        path: decision.path,
+                        key: key_id.clone(),
+                    };
+                }
+            }
+        }
         if token_holder {
             facts.auth = Some("token");
         }
@@ -292,8 +328,12 @@ impl App {
             return verdict;
         }
         let outcome = if malformed { Outcome::Error } else { Outcome::Forbidden };
+        let mut response = denial(StatusCode::FORBIDDEN);
+        if let Some(message) = client_message(&decision.reason) {
+            response.headers_mut().insert(X_AUTH_ERROR, message);
+        }
         Verdict {
-            response: denial(StatusCode::FORBIDDEN),
+            response,
             outcome,
             user,
             reason: decision.reason.to_string(),
@@ -725,6 +765,30 @@ fn shown(client: Option<IpAddr>) -> String {
     client.map_or_else(|| "-".to_string(), |c| c.to_string())
 }
 
+/// What the client is told about a refusal it can act on (nginx puts it in the JSON error's
+/// message, which docker, podman and skopeo print): why a tag push was refused. Other refusals
+/// keep the generic message, which says nothing of the rules. Only characters that need no
+/// escaping in JSON or a header.
+fn client_message(reason: &crate::decision::Reason) -> Option<HeaderValue> {
+    use crate::decision::Reason;
+    let text = match reason {
+        Reason::TagExists { name, tag } => format!("tag {tag} of {name} exists and may not be overwritten"),
+        Reason::TagIsNew { name, tag } => format!("tag {tag} of {name} does not exist and may not be created"),
+        _ => return None,
+    };
+    let safe: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._-/:".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&safe).ok()
+}
+
 /// The scope a Bearer challenge names for this request.
 fn challenge_scope(decision: &Decision) -> Option<Scope> {
     let route = decision.docker.as_ref()?;
@@ -738,7 +802,7 @@ fn challenge_scope(decision: &Decision) -> Option<Scope> {
     let name = route.repository()?;
     let actions: &[&str] = match decision.action? {
         Action::Read => &["pull"],
-        Action::Add | Action::Edit => &["pull", "push"],
+        Action::Add | Action::Edit | Action::Overwrite => &["pull", "push"],
         Action::Delete => &["delete"],
     };
     Some(Scope {

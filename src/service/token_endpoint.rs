@@ -237,10 +237,13 @@ impl App {
                 content_type: None,
             };
             let decision = decide_for(&rules, &Subject { user, groups }, &request);
-            match key {
-                Some(key) => narrow_to_scope(decision, key, user, &request).allowed,
-                None => decision.allowed,
-            }
+            let decision = match key {
+                Some(key) => narrow_to_scope(decision, key, user, &request),
+                None => decision,
+            };
+            // A push that may create or move a tag, not both, is still a push: each manifest
+            // PUT is decided when it comes, with the registry asked then.
+            decision.allowed || decision.tag_check.is_some()
         };
         requested
             .iter()

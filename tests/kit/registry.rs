@@ -21,7 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Registry {
     addr: SocketAddr,
     // Dropped before its directory.
-    _process: ProcessGuard,
+    process: ProcessGuard,
     _dir: TestDir,
 }
 
@@ -43,7 +43,7 @@ impl Registry {
             }) {
                 Ok(()) => Ok(Started::Ready(Registry {
                     addr,
-                    _process: process,
+                    process,
                     _dir: dir,
                 })),
                 Err(err) if port_in_use(&process.log()) => Ok(Started::PortTaken(format!("{err:#}"))),
@@ -54,6 +54,15 @@ impl Registry {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Freezes the registry (SIGSTOP): connections are accepted by the kernel and never answered.
+    pub fn pause(&self) -> Result<()> {
+        self.process.pause()
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.process.resume()
     }
 
     /// A request straight to the registry, bypassing nginx and csel-auth.

@@ -240,6 +240,11 @@ impl Setup {
         self.arg("--access-keys").arg(&path.to_string_lossy())
     }
 
+    /// `--registry URL`: the registry's own address (tag checks, the catalog).
+    pub fn registry(self, url: &str) -> Setup {
+        self.arg("--registry").arg(url)
+    }
+
     /// `serve --config FILE --listen …`: every other setting comes from the file.
     pub fn config_file(mut self, path: PathBuf) -> Setup {
         self.config = Some(path);

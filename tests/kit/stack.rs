@@ -182,6 +182,8 @@ impl Stack {
         if let Some(keys) = keys {
             setup = setup.access_keys(keys);
         }
+        // Its own address, not nginx's: asked whether a tag exists, and for the catalog.
+        setup = setup.registry(&format!("http://{}", registry.addr()));
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,
