@@ -303,6 +303,7 @@ impl ConfigFile {
         differs("[access_keys]", self.access_keys == other.access_keys);
         differs("[audit]", self.audit == other.audit);
         differs("[[oidc]]", self.oidc == other.oidc);
+        differs("[registry]", self.registry == other.registry);
         changed
     }
 }
@@ -418,6 +419,25 @@ refresh_ttl = "1d"
         assert_eq!(a.changed_keys(&b), vec!["[log]"]);
         assert!(a.changed_keys(&a.clone()).is_empty());
     }
+    #[test]
+    fn registry_section_parses_and_is_checked() {
+        let config = ConfigFile::parse(
+            "[registry]\nurl = \"http://127.0.0.1:5001\"\ntimeout = \"2s\"\ncatalog_cache = \"30s\"\n",
+        )
+        .unwrap();
+        let section = config.registry.clone().unwrap();
+        let settings = crate::registry::RegistrySettings::from_section(&section).unwrap();
+        assert_eq!(settings.url(), "http://127.0.0.1:5001");
+        assert_eq!(settings.timeout, Duration::from_secs(2));
+        assert_eq!(settings.catalog_ttl, Duration::from_secs(30));
+        let moved = ConfigFile::parse("[registry]\nurl = \"http://127.0.0.1:5002\"\n").unwrap();
+        assert_eq!(config.changed_keys(&moved), vec!["[registry]"]);
+        let error = ConfigFile::parse("[registry]\nurl = \"http://r\"\ntimeout = \"soon\"\n").unwrap_err();
+        assert!(error.to_string().contains("`soon` is not a duration"), "{error}");
+        let error = ConfigFile::parse("[registry]\nadress = \"http://r\"\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `adress`"), "{error}");
+    }
+
     const LDAP_SECTION: &str = r#"
 [ldap]
 url = "ldap://127.0.0.1:3890"

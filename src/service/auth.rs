@@ -258,6 +258,8 @@ impl App {
                 }
                 Err(why) => {
                     tracing::warn!(target: "csel_auth::service", "{why}: push refused (503)");
+                    facts.action = decision.action;
+                    facts.route = decision.docker.clone();
                     return Verdict {
                         response: denial(StatusCode::SERVICE_UNAVAILABLE),
                         outcome: Outcome::Error,
