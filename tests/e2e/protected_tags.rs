@@ -30,6 +30,7 @@ fn release_tags_are_created_once_and_latest_moves() -> Result<()> {
             let dockerd = dockerd.as_ref().context("dockerd")?;
             with_docker(dockerd, &stack, &binary)?;
             with_skopeo_and_podman(&stack, &binary)?;
+            spelled_otherwise(&stack, &binary)?;
             registry_down(&stack, &binary)?;
         }
     }
@@ -142,6 +143,52 @@ fn with_skopeo_and_podman(stack: &Stack, binary: &NginxBinary) -> Result<()> {
         "the admin's push did not move v1"
     );
     Ok(())
+}
+
+/// The existing tag v1 written another way (percent-encoded, with a query, by its digest's
+/// neighbour): each is refused, or never reaches the registry as a move of v1. The body is a
+/// manifest the registry holds already (under another tag), so a PUT let through would move v1.
+fn spelled_otherwise(stack: &Stack, binary: &NginxBinary) -> Result<()> {
+    let label = format!("{}, {}", stack.mode, binary.version);
+    let first = stack.seed_image("releases/raw", "v1", &format!("raw v1 ({label})\n"))?;
+    let other = stack.seed_image("releases/raw", "other", &format!("raw other ({label})\n"))?;
+    let body = stack
+        .registry
+        .request(
+            "GET",
+            &format!("/v2/releases/raw/manifests/{}", other.manifest_digest),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+            b"",
+        )?
+        .body;
+    let authorization = stack.authorization(Some("alice"))?;
+    let put = |tag: &str| -> Result<u16> {
+        let response = stack.request(
+            authorization.as_deref(),
+            "PUT",
+            &format!("/v2/releases/raw/manifests/{tag}"),
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            &body,
+        )?;
+        Ok(response.status)
+    };
+    step(&format!("[{label}] v1 spelled otherwise is not moved"), || {
+        for tag in ["v1", "v%31", "%76%31", "v1?x=1", "v1?tag=v2", "v1%3F", "v1/"] {
+            let status = put(tag)?;
+            ensure!(
+                !(200..300).contains(&status),
+                "PUT …/manifests/{tag} by alice answered {status}"
+            );
+            ensure!(
+                served_digest(stack, "releases/raw", "v1")? == first.manifest_digest,
+                "PUT …/manifests/{tag} ({status}) moved v1"
+            );
+        }
+        // The honest twin: a new tag with the same body goes through.
+        let status = put("v2")?;
+        ensure!(status == 201, "PUT …/manifests/v2 by alice answered {status}");
+        Ok(())
+    })
 }
 
 /// With the registry's own address not answering, a push that needs the tag check is refused
