@@ -53,6 +53,7 @@ pub mod identity;
 pub use identity::ldap;
 pub(crate) mod metrics;
 pub mod oidc;
+mod outbound;
 mod percent;
 pub mod registry;
 pub(crate) mod reload;

@@ -23,6 +23,7 @@ mod htpasswd;
 pub mod ldap;
 pub(crate) mod login;
 mod login_cache;
+pub(crate) mod secret_keyed;
 pub(crate) mod throttle;
 mod verifier;
 

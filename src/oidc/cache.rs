@@ -7,23 +7,13 @@
 //! issuer's key set changes (a key withdrawn by the issuer stops working at the next fetch,
 //! cached tokens included), or on `clear`.
 
-use std::num::NonZeroUsize;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use hmac::{Hmac, Mac};
-use lru::LruCache;
-use rand::RngCore;
-use sha2::Sha256;
-
 use super::FederatedLogin;
+use crate::identity::secret_keyed::{SecretKey, SecretKeyedLru};
 
-type HmacSha256 = Hmac<Sha256>;
-pub(crate) type CacheKey = [u8; 32];
+pub(crate) type CacheKey = SecretKey;
 
 pub(crate) struct TokenCache {
-    keyed_mac: HmacSha256,
-    /// `None` when the cache is off (capacity 0).
-    entries: Option<Mutex<LruCache<CacheKey, Cached>>>,
+    entries: SecretKeyedLru<Cached>,
 }
 
 struct Cached {
@@ -36,19 +26,15 @@ struct Cached {
 }
 
 impl TokenCache {
+    /// Off when `capacity` is 0.
     pub(crate) fn new(capacity: usize) -> TokenCache {
-        let mut secret = [0u8; 64];
-        rand::rngs::OsRng.fill_bytes(&mut secret);
         TokenCache {
-            keyed_mac: <HmacSha256 as hmac::digest::KeyInit>::new(&secret.into()),
-            entries: NonZeroUsize::new(capacity).map(|capacity| Mutex::new(LruCache::new(capacity))),
+            entries: SecretKeyedLru::new(capacity),
         }
     }
 
     pub(crate) fn key(&self, token: &str) -> CacheKey {
-        let mut mac = self.keyed_mac.clone();
-        mac.update(token.as_bytes());
-        mac.finalize().into_bytes().into()
+        self.entries.key(&[token])
     }
 
     /// The cached login and its issuer's index, unless expired at `now` or verified under a
@@ -59,45 +45,40 @@ impl TokenCache {
         now: u64,
         generation_of: impl Fn(usize) -> u64,
     ) -> Option<(usize, FederatedLogin)> {
-        let mut entries = lock(self.entries.as_ref()?);
-        let cached = entries.get(key)?;
-        if now < cached.until && generation_of(cached.issuer) == cached.generation {
-            return Some((cached.issuer, cached.login.clone()));
-        }
-        entries.pop(key);
-        None
+        self.entries
+            .with(|entries| {
+                let cached = entries.get(key)?;
+                if now < cached.until && generation_of(cached.issuer) == cached.generation {
+                    return Some((cached.issuer, cached.login.clone()));
+                }
+                entries.pop(key);
+                None
+            })
+            .flatten()
     }
 
     pub(crate) fn insert(&self, key: CacheKey, login: FederatedLogin, until: u64, issuer: usize, generation: u64) {
-        let Some(entries) = &self.entries else {
-            return;
-        };
-        lock(entries).put(
-            key,
-            Cached {
-                login,
-                until,
-                issuer,
-                generation,
-            },
-        );
+        self.entries.with(|entries| {
+            entries.put(
+                key,
+                Cached {
+                    login,
+                    until,
+                    issuer,
+                    generation,
+                },
+            )
+        });
     }
 
     pub(crate) fn clear(&self) {
-        if let Some(entries) = &self.entries {
-            lock(entries).clear();
-        }
+        self.entries.with(|entries| entries.clear());
     }
 
     /// Entries held, expired ones included until they are looked up or pushed out.
     pub(crate) fn len(&self) -> usize {
-        self.entries.as_ref().map_or(0, |entries| lock(entries).len())
+        self.entries.len()
     }
-}
-
-/// A panic elsewhere must not turn every later login into a panic: the cache stays usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+
+use crate::outbound::describe;
 use sha2::{Digest, Sha256};
 
 use super::settings::JwksSource;
@@ -434,22 +436,6 @@ async fn fetch_url(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Strin
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// reqwest's message with its causes, which say what actually went wrong (refused, timeout,
-/// certificate).
-fn describe(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if error.is_timeout() {
-        message.push_str(" (timed out)");
-    }
-    message
 }
 
 #[cfg(test)]

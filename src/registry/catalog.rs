@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::{describe, Registry, RegistryError};
+use super::{Registry, RegistryError};
+use crate::outbound::describe;
 
 /// Repositories asked for per page; the registry may answer fewer (its own limit).
 const PAGE: usize = 1000;

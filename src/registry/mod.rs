@@ -12,6 +12,8 @@ mod catalog;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::outbound::describe;
+
 pub use catalog::CatalogCache;
 
 /// Default for one request to the registry, connection included.
@@ -164,18 +166,6 @@ impl Registry {
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }
-}
-
-/// reqwest's message with its causes, which say what actually went wrong (refused, timeout).
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

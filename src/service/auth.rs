@@ -40,6 +40,20 @@ pub(super) struct Verdict {
     pub(super) key: Option<String>,
 }
 
+impl Verdict {
+    /// A refusal before anyone was identified.
+    pub(super) fn refused(status: StatusCode, outcome: Outcome, reason: String) -> Verdict {
+        Verdict {
+            response: denial(status),
+            outcome,
+            user: None,
+            reason,
+            path: None,
+            key: None,
+        }
+    }
+}
+
 /// Who is asking, as [`App::identify`] found out.
 pub(super) struct Caller {
     pub user: Option<String>,
@@ -153,14 +167,7 @@ impl App {
     }
 
     async fn auth_verdict(&self, headers: &HeaderMap, client: Option<IpAddr>, facts: &mut AuditFacts) -> Verdict {
-        let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
-            response: denial(status),
-            outcome,
-            user: None,
-            reason,
-            path: None,
-            key: None,
-        };
+        let refuse = Verdict::refused;
         // nginx sets both itself; without them nginx is misconfigured (500,
         // which nginx passes on) and the log says which directive is missing.
         let required = |name: HeaderName, directive: &str| match single_header(headers, &name) {
@@ -355,14 +362,7 @@ impl App {
         access: &AccessRequest<'_>,
         facts: &mut AuditFacts,
     ) -> Result<Caller, Verdict> {
-        let refuse = |status: StatusCode, outcome: Outcome, reason: String| Verdict {
-            response: denial(status),
-            outcome,
-            user: None,
-            reason,
-            path: None,
-            key: None,
-        };
+        let refuse = Verdict::refused;
         let access = *access;
         let mut authorization = headers.get_all(AUTHORIZATION).iter();
         let (first, second) = (authorization.next(), authorization.next());

@@ -6,26 +6,17 @@
 //! is a different key, so the old one stops working when its entry expires; a cleared cache
 //! (SIGHUP) forgets every entry at once, including those of logins still in flight.
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use lru::LruCache;
-use rand::RngCore;
-use sha2::Sha256;
-
 use super::LdapLogin;
+use crate::identity::secret_keyed::{SecretKey, SecretKeyedLru};
 
-type HmacSha256 = Hmac<Sha256>;
-pub(crate) type CacheKey = [u8; 32];
+pub(crate) type CacheKey = SecretKey;
 
 pub(crate) struct LoginCache {
-    keyed_mac: HmacSha256,
+    entries: SecretKeyedLru<Cached>,
     ttl: Duration,
-    /// `None` when the cache is off (capacity or TTL 0).
-    entries: Option<Mutex<LruCache<CacheKey, Cached>>>,
     /// Bumped by `clear`: a login that started before it must not fill the cache after it.
     generation: AtomicU64,
 }
@@ -36,42 +27,32 @@ struct Cached {
 }
 
 impl LoginCache {
+    /// Off when `capacity` or `ttl` is 0.
     pub(crate) fn new(capacity: usize, ttl: Duration) -> LoginCache {
-        let mut secret = [0u8; 64];
-        rand::rngs::OsRng.fill_bytes(&mut secret);
-        let entries = NonZeroUsize::new(capacity)
-            .filter(|_| !ttl.is_zero())
-            .map(|capacity| Mutex::new(LruCache::new(capacity)));
         LoginCache {
-            keyed_mac: <HmacSha256 as hmac::digest::KeyInit>::new(&secret.into()),
+            entries: SecretKeyedLru::new(if ttl.is_zero() { 0 } else { capacity }),
             ttl,
-            entries,
             generation: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn key(&self, user: &str, password: &str) -> CacheKey {
-        let mut mac = self.keyed_mac.clone();
-        // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-        for part in [user, password] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part.as_bytes());
-        }
-        mac.finalize().into_bytes().into()
+        self.entries.key(&[user, password])
     }
 
     /// The cached login for `key`, unless it has expired.
     pub(crate) fn get(&self, key: &CacheKey) -> Option<LdapLogin> {
-        let mut entries = lock(self.entries.as_ref()?);
         let now = Instant::now();
-        match entries.get(key) {
-            Some(cached) if cached.expires > now => Some(cached.login.clone()),
-            Some(_) => {
-                entries.pop(key);
-                None
-            }
-            None => None,
-        }
+        self.entries
+            .with(|entries| match entries.get(key) {
+                Some(cached) if cached.expires > now => Some(cached.login.clone()),
+                Some(_) => {
+                    entries.pop(key);
+                    None
+                }
+                None => None,
+            })
+            .flatten()
     }
 
     /// A mark to pass to `insert`, taken before the directory is asked.
@@ -82,42 +63,34 @@ impl LoginCache {
     /// Remembers `login` until `confirmed + ttl`, where `confirmed` is when the directory was
     /// first asked: the entry never outlives what the directory said by more than the TTL.
     pub(crate) fn insert(&self, key: CacheKey, login: LdapLogin, confirmed: Instant, generation: u64) {
-        let Some(entries) = &self.entries else {
-            return;
-        };
-        let mut entries = lock(entries);
-        // Checked under the lock that `clear` also takes, so a clear cannot slip in between.
-        if self.generation.load(Ordering::SeqCst) != generation {
-            return;
-        }
-        entries.put(
-            key,
-            Cached {
-                login,
-                expires: confirmed + self.ttl,
-            },
-        );
+        self.entries.with(|entries| {
+            // Checked under the lock that `clear` also takes, so a clear cannot slip in between.
+            if self.generation.load(Ordering::SeqCst) == generation {
+                entries.put(
+                    key,
+                    Cached {
+                        login,
+                        expires: confirmed + self.ttl,
+                    },
+                );
+            }
+        });
     }
 
     pub(crate) fn clear(&self) {
-        if let Some(entries) = &self.entries {
-            let mut entries = lock(entries);
+        let cleared = self.entries.with(|entries| {
             self.generation.fetch_add(1, Ordering::SeqCst);
             entries.clear();
-        } else {
+        });
+        if cleared.is_none() {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     /// Entries held, expired ones included until they are looked up or pushed out.
     pub(crate) fn len(&self) -> usize {
-        self.entries.as_ref().map_or(0, |entries| lock(entries).len())
+        self.entries.len()
     }
-}
-
-/// A panic elsewhere must not turn every later login into a panic: the cache stays usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -129,13 +102,11 @@ mod tests {
     }
 
     #[test]
-    fn keys_depend_on_user_and_password_and_the_process_secret() {
+    fn keys_depend_on_user_and_password() {
         let cache = LoginCache::new(10, Duration::from_secs(60));
         assert_eq!(cache.key("alice", "pw"), cache.key("alice", "pw"));
         assert_ne!(cache.key("alice", "pw"), cache.key("alice", "pw2"));
         assert_ne!(cache.key("ab", "c"), cache.key("a", "bc"));
-        let other = LoginCache::new(10, Duration::from_secs(60));
-        assert_ne!(cache.key("alice", "pw"), other.key("alice", "pw"));
     }
 
     #[test]
