@@ -1,9 +1,10 @@
-//! End-to-end: docker logs in as an LDAP user (a real slapd) and with a JWT (keys from a JWKS
-//! server on 127.0.0.1), pushes and pulls through nginx and the registry, in basic and in token
-//! mode; a push the directory's groups do not allow is refused at once.
+//! End-to-end: docker, skopeo and podman log in as an LDAP user (a real slapd) and with a JWT
+//! (keys from a JWKS server on 127.0.0.1), push and pull through nginx and the registry, in basic
+//! and in token mode; a push the directory's groups do not allow is refused at once.
 
 use anyhow::{ensure, Result};
 
+use super::skopeo_podman::{push_refused, skopeo_quoted, Expected, Tools};
 use crate::kit::docker::Dockerd;
 use crate::kit::jwks::{github_claims, jwks, JwksServer, SigningKey, AUDIENCE, GITHUB};
 use crate::kit::slapd::{SERVICE_DN, SERVICE_PASSWORD};
@@ -110,6 +111,58 @@ fn docker_logs_in_with_ldap_and_jwt_credentials() -> Result<()> {
                 Ok(())
             },
         )?;
+        with_skopeo_and_podman(stack, &jwt)?;
     }
+    Ok(())
+}
+
+/// The same logins with skopeo (podman shares its auth file): frank (LDAP) pushes to devs/ with
+/// both, erin (LDAP, not in devs) is refused, the JWT pushes under its repository's name only.
+fn with_skopeo_and_podman(stack: &Stack, jwt: &str) -> Result<()> {
+    let mode = stack.mode;
+    let expect = Expected { stack };
+    let frank = step(&format!("[{mode}] skopeo login as frank (LDAP)"), || {
+        Tools::login_with(stack, "frank", "frank-pw")
+    })?;
+    step(&format!("[{mode}] frank pushes devs/tools with skopeo"), || {
+        succeeded(frank.skopeo_push("devs/tools:skopeo", &format!("frank skopeo ({mode})\n"))?)
+    })?;
+    step(&format!("[{mode}] frank pushes devs/tools with podman"), || {
+        succeeded(frank.podman_push("devs/tools:podman", &format!("frank podman ({mode})\n"))?)
+    })?;
+    ensure!(stack.registry_has_manifest("devs/tools", "skopeo")?);
+    ensure!(stack.registry_has_manifest("devs/tools", "podman")?);
+
+    let erin = step(&format!("[{mode}] skopeo login as erin (LDAP, not in devs)"), || {
+        Tools::login_with(stack, "erin", "erin-pw")
+    })?;
+    step(&format!("[{mode}] erin cannot push to devs/tools with skopeo"), || {
+        push_refused(
+            erin.skopeo_push("devs/tools:erin", &format!("erin skopeo ({mode})\n"))?,
+            &skopeo_quoted(&expect.blob_check_refused("devs/tools")),
+        )
+    })?;
+    ensure!(!stack.registry_has_manifest("devs/tools", "erin")?);
+
+    let ci = step(&format!("[{mode}] skopeo login with the GitHub Actions JWT"), || {
+        Tools::login_with(stack, "x", jwt)
+    })?;
+    step(
+        &format!("[{mode}] the JWT pushes under its repository's name with podman"),
+        || succeeded(ci.podman_push("github/octo-org/app/tools:podman", &format!("CI podman ({mode})\n"))?),
+    )?;
+    ensure!(stack.registry_has_manifest("github/octo-org/app/tools", "podman")?);
+    step(
+        &format!("[{mode}] the JWT cannot push under another's name with skopeo"),
+        || {
+            push_refused(
+                ci.skopeo_push(
+                    "github/octo-org/other/tools:skopeo",
+                    &format!("CI elsewhere ({mode})\n"),
+                )?,
+                &skopeo_quoted(&expect.blob_check_refused("github/octo-org/other/tools")),
+            )
+        },
+    )?;
     Ok(())
 }
