@@ -22,7 +22,7 @@ pub struct Registry {
     addr: SocketAddr,
     // Dropped before its directory.
     _process: ProcessGuard,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 impl Registry {
@@ -44,7 +44,7 @@ impl Registry {
                 Ok(()) => Ok(Started::Ready(Registry {
                     addr,
                     _process: process,
-                    _dir: dir,
+                    dir,
                 })),
                 Err(err) if port_in_use(&process.log()) => Ok(Started::PortTaken(format!("{err:#}"))),
                 Err(err) => Err(err),
@@ -54,6 +54,18 @@ impl Registry {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes `count` empty repositories `prefix/NNNNN` in the registry's storage, as the
+    /// registry lays out a repository it has received a blob for (its catalog lists every
+    /// directory with a `_layers`): thousands in a moment, where pushing takes minutes.
+    pub fn add_empty_repositories(&self, prefix: &str, count: usize) -> Result<()> {
+        let repositories = self.dir.join("storage/docker/registry/v2/repositories");
+        for i in 0..count {
+            let path = repositories.join(format!("{prefix}/{i:05}/_layers"));
+            std::fs::create_dir_all(&path).map_err(|e| anyhow!("creating {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// A request straight to the registry, bypassing nginx and csel-auth.

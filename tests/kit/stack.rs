@@ -182,6 +182,9 @@ impl Stack {
         if let Some(keys) = keys {
             setup = setup.access_keys(keys);
         }
+        // The registry's own address, for the catalog csel-auth answers (nginx/csel-auth.conf
+        // sends GET /v2/_catalog to csel-auth). A config file's `[registry]` is overridden.
+        setup = setup.arg("--registry").arg(&format!("http://{}", registry.addr()));
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {
             Mode::Basic => None,
