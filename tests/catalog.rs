@@ -406,3 +406,43 @@ fn the_registrys_pages_are_walked_and_its_list_is_reused() {
     let fetches = service.metric("csel_auth_registry_catalog_fetches_total{result=\"ok\"}");
     assert_eq!(fetches, 1.0, "walks of the registry's list");
 }
+
+#[test]
+fn an_access_key_shows_only_what_its_scope_reads() {
+    let registry = registry_with_repositories();
+    let setup = Setup::new(RULES);
+    let keys = setup.path("access.keys");
+    let create = |extra: &[&str]| {
+        let mut command = std::process::Command::new(crate::kit::service::binary());
+        command.args(["access-key", "create", "--file"]).arg(&keys);
+        command.args(["--user", "alice"]).args(extra);
+        let out = command.output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let team = create(&["--actions", "pull", "--on", r#"path =^ "/v2/coolteam/""#]);
+    let push_only = create(&["--actions", "add"]);
+    let service = setup
+        .access_keys(&keys)
+        .arg("--registry")
+        .arg(&format!("http://{}", registry.addr()))
+        .start();
+    let with = |secret: &str| {
+        service.request(
+            "GET",
+            "/v2/_catalog",
+            &[("Authorization", &basic("alice", secret))],
+            b"",
+        )
+    };
+    // alice reads four repositories; the key scoped to coolteam shows only that one.
+    assert_eq!(names(&with(&team), "team key"), ["coolteam/app"]);
+    // A key that may not read shows nothing (an empty list: the caller is known).
+    assert!(names(&with(&push_only), "push-only key").is_empty());
+    let log = service.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/v2/_catalog") && l.contains("user=\"alice\"") && l.contains("key=")),
+        "{log}"
+    );
+}
