@@ -50,8 +50,9 @@ impl App {
             action: Some(crate::rules::Action::Read),
             ..AuditFacts::default()
         };
-        let method = request.method().clone();
-        let (verdict, shown) = if method == Method::GET || method == Method::HEAD {
+        // Any method reaches this handler; an extension method's name is shown cut short.
+        let method: String = request.method().as_str().chars().take(32).collect();
+        let (mut verdict, shown) = if request.method() == Method::GET || request.method() == Method::HEAD {
             let query = request.uri().query();
             match CatchPanic(Box::pin(self.catalog_verdict(headers, query, client, &mut facts))).await {
                 Ok(answer) => answer,
@@ -88,17 +89,13 @@ impl App {
                     response,
                     outcome: Outcome::Error,
                     user: None,
-                    reason: format!(
-                        "method {} on the catalog",
-                        method.as_str().chars().take(32).collect::<String>()
-                    ),
+                    reason: format!("method {method} on the catalog"),
                     path: None,
                     key: None,
                 },
                 None,
             )
         };
-        let mut verdict = verdict;
         verdict.path.get_or_insert_with(|| crate::CATALOG_PATH.to_string());
         tracing::info!(
             target: "csel_auth::decision",
