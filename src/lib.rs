@@ -38,6 +38,7 @@
 
 pub mod access_keys;
 pub mod audit;
+pub mod catalog;
 /// The `/auth` answer without sockets, for tests.
 #[doc(hidden)]
 pub use service::in_process;

@@ -5,6 +5,7 @@
 mod kit;
 
 mod access_keys;
+mod catalog;
 mod cli;
 mod decisions;
 mod e2e;

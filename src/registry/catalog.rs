@@ -169,6 +169,11 @@ mod tests {
             next_link(br#"</v2/_catalog?last=b&n=1000>; rel="next""#),
             Ok(Some("/v2/_catalog?last=b&n=1000".to_string()))
         );
+        // The CNCF registry 2.8 escapes the slash of the last name.
+        assert_eq!(
+            next_link(br#"</v2/_catalog?last=team%2Fapp&n=1000>; rel="next""#),
+            Ok(Some("/v2/_catalog?last=team%2Fapp&n=1000".to_string()))
+        );
         assert_eq!(next_link(br#"</v2/_catalog?last=b>; rel="prev""#), Ok(None));
         assert!(next_link(br#"<http://elsewhere/v2/_catalog?last=b>; rel="next""#).is_err());
         assert!(next_link(b"rel=next").is_err());

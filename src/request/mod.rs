@@ -8,7 +8,7 @@
 //! cannot be escaped by an encoding trick.
 
 mod canonical;
-mod docker;
+pub(crate) mod docker;
 #[cfg(test)]
 mod tests;
 

@@ -124,7 +124,13 @@ impl App {
         verdict.response
     }
 
-    fn audit_entry(&self, verdict: &Verdict, facts: AuditFacts, method: &str, client: Option<IpAddr>) -> AuditEntry {
+    pub(super) fn audit_entry(
+        &self,
+        verdict: &Verdict,
+        facts: AuditFacts,
+        method: &str,
+        client: Option<IpAddr>,
+    ) -> AuditEntry {
         let status = verdict.response.status().as_u16();
         let (repository, reference) = match &facts.route {
             Some(DockerRoute::Manifest { name, reference }) => (Some(name.clone()), Some(reference.clone())),
@@ -542,7 +548,13 @@ impl App {
     }
 
     /// A 401 with the challenge for this request.
-    fn challenge(&self, access: &AccessRequest, error: Option<&str>, outcome: Outcome, reason: String) -> Verdict {
+    pub(super) fn challenge(
+        &self,
+        access: &AccessRequest,
+        error: Option<&str>,
+        outcome: Outcome,
+        reason: String,
+    ) -> Verdict {
         // Decided on empty rules only for the canonical path (for the log)
         // and the docker route (the scope of a Bearer challenge).
         let decision = decide(&crate::rules::Rules::empty(), None, access);

@@ -2,11 +2,13 @@
 //!
 //! `/auth` answers nginx's `auth_request` subrequest (200 / 401 / 403) in [`auth`], which
 //! hands the request to [`crate::decision::decide_and_answer`]; `/token` is the docker token
-//! realm (with `--token-realm`) in [`token_endpoint`]; `/healthz` and `/metrics` are for
+//! realm (with `--token-realm`) in [`token_endpoint`]; `/v2/_catalog` is the repository list
+//! filtered for the caller, in [`catalog`]; `/healthz` and `/metrics` are for
 //! operators. Every path through `/auth` that is not the single allow in `auth` ends in a
 //! denial. The listener and the accept loop are in [`listener`], the settings in [`config`].
 
 mod auth;
+mod catalog;
 mod config;
 pub mod in_process;
 mod listener;
@@ -278,6 +280,8 @@ impl App {
     async fn route(&self, request: Request<Incoming>) -> Response<Body> {
         match (request.method(), request.uri().path()) {
             (_, "/auth") => self.auth(request.headers()).await,
+            // nginx sends every method here; the handler answers 405 to all but GET and HEAD.
+            (_, crate::CATALOG_PATH) => self.catalog(request).await,
             (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
             (&Method::GET, "/metrics") => {
                 let extra = [

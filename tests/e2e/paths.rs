@@ -149,6 +149,28 @@ fn path_tricks(nginx: &NginxBinary, mode: Mode) -> Result<()> {
                 }
                 let response = stack.request(authorization.as_deref(), &attack.method, &uri, &headers, body)?;
                 *statuses.entry(response.status).or_default() += 1;
+                // The catalog itself is answered by csel-auth, filtered (tests/e2e/catalog.rs):
+                // the list must be exactly what the user may read, nothing private of others.
+                if attack.method == "GET" && uri.split('?').next() == Some("/v2/_catalog") {
+                    let expected: &[&str] = match user {
+                        "alice" => &["alice/secret", "alice/tools", "coolteam/app", "library/alpine"],
+                        _ => &["library/alpine"],
+                    };
+                    let listed = serde_json::from_slice::<serde_json::Value>(&response.body)
+                        .ok()
+                        .and_then(|json| serde_json::from_value::<Vec<String>>(json["repositories"].clone()).ok());
+                    if response.status != 200
+                        || listed.as_deref() != Some(&expected.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..])
+                    {
+                        failures.push(format!(
+                            "{}: {user} GET {uri} -> {}: expected exactly {expected:?}, got {}",
+                            attack.origin,
+                            response.status,
+                            response.text()
+                        ));
+                    }
+                    continue;
+                }
                 let leaked = private.leaked(&needles, &response.body);
                 if (200..300).contains(&response.status) || leaked.is_some() {
                     failures.push(format!(

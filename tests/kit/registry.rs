@@ -22,7 +22,7 @@ pub struct Registry {
     addr: SocketAddr,
     // Dropped before its directory.
     process: ProcessGuard,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 impl Registry {
@@ -41,11 +41,7 @@ impl Registry {
             match process.wait_ready("the registry to answer GET /v2/ with 200", START_TIMEOUT, || {
                 target.get("/v2/").is_ok_and(|r| r.status == 200)
             }) {
-                Ok(()) => Ok(Started::Ready(Registry {
-                    addr,
-                    process,
-                    _dir: dir,
-                })),
+                Ok(()) => Ok(Started::Ready(Registry { addr, process, dir })),
                 Err(err) if port_in_use(&process.log()) => Ok(Started::PortTaken(format!("{err:#}"))),
                 Err(err) => Err(err),
             }
@@ -63,6 +59,18 @@ impl Registry {
 
     pub fn resume(&self) -> Result<()> {
         self.process.resume()
+    }
+
+    /// Makes `count` empty repositories `prefix/NNNNN` in the registry's storage, as the
+    /// registry lays out a repository it has received a blob for (its catalog lists every
+    /// directory with a `_layers`): thousands in a moment, where pushing takes minutes.
+    pub fn add_empty_repositories(&self, prefix: &str, count: usize) -> Result<()> {
+        let repositories = self.dir.join("storage/docker/registry/v2/repositories");
+        for i in 0..count {
+            let path = repositories.join(format!("{prefix}/{i:05}/_layers"));
+            std::fs::create_dir_all(&path).map_err(|e| anyhow!("creating {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// A request straight to the registry, bypassing nginx and csel-auth.

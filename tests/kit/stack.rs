@@ -182,7 +182,8 @@ impl Stack {
         if let Some(keys) = keys {
             setup = setup.access_keys(keys);
         }
-        // Its own address, not nginx's: asked whether a tag exists, and for the catalog.
+        // Its own address, not nginx's: asked whether a tag exists, and for the catalog (which
+        // nginx/csel-auth.conf sends to csel-auth). A config file's `[registry]` is overridden.
         setup = setup.registry(&format!("http://{}", registry.addr()));
         // Token mode: nginx's /token is the realm, so nginx's port is chosen first.
         let listen_port = match mode {

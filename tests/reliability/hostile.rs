@@ -3,7 +3,9 @@
 //! (the repository's `nginx/` files, on nginx 1.22 and 1.26, with csel-auth in basic and in
 //! token mode) in front of a real CNCF distribution registry holding private blobs. Nothing private may ever come back: directly, every hostile request is a 401
 //! or 403 (or not even HTTP); through nginx, none is a 2xx, no answer carries a private blob, and
-//! csel-auth's metrics show it allowed none of them. Honest controls must pass both ways.
+//! csel-auth's metrics show it allowed none of them — except `GET /v2/_catalog` itself, which
+//! csel-auth answers through nginx with exactly the repositories the caller may read. Honest
+//! controls must pass both ways.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -253,18 +255,36 @@ fn client_request(case: &Case, host: SocketAddr) -> Vec<u8> {
     request.header("Connection", "close").body(&case.body).bytes()
 }
 
-/// What nginx answered `request` sent from the loopback address `from`: the status and whether
-/// the answer (head or body) shows private content; status 0 when no whole answer came.
-fn replay(from: [u8; 4], to: SocketAddr, request: &[u8]) -> std::io::Result<(u16, bool)> {
+/// What nginx answered `request` sent from the loopback address `from`: the status, whether
+/// the answer (head or body) shows private content, and the body; status 0 when no whole answer
+/// came.
+fn replay(from: [u8; 4], to: SocketAddr, request: &[u8]) -> std::io::Result<(u16, bool, Vec<u8>)> {
     let mut connection = Conn::tcp_from(from, to)?;
     Ok(match connection.send(request) {
         Ok(response) => {
             let head = format!("{:?}", response.headers);
             let private = contains(&response.body, PRIVATE_MARK) || contains(head.as_bytes(), PRIVATE_MARK);
-            (response.status, private)
+            (response.status, private, response.body)
         }
-        Err(_) => (0, false),
+        Err(_) => (0, false, Vec::new()),
     })
+}
+
+/// `GET /v2/_catalog` exactly (any query): csel-auth answers it through nginx with the
+/// repositories the caller may read (tests/e2e/catalog.rs), so it is no longer a denial; the
+/// list must hold nothing the caller may not read.
+fn is_catalog(case: &Case) -> bool {
+    case.method == b"GET" && case.uri.split(|b| *b == b'?').next() == Some(&b"/v2/_catalog"[..])
+}
+
+/// The list `user` must get from the repositories of [`BLOBS`] under examples/registry.rules.
+fn catalog_view(user: Option<&str>) -> Option<Vec<&'static str>> {
+    match user {
+        None | Some("carol") | Some("dave") => Some(vec!["library/alpine"]),
+        Some("alice") => Some(vec!["alice/secret", "coolteam/app", "library/alpine"]),
+        Some("bob") => Some(vec!["coolteam/app", "library/alpine"]),
+        _ => None,
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -369,6 +389,8 @@ fn replay_through_nginx(
         }
         let mut case = case.clone();
         let mut expect = case.expect;
+        // Anonymous, or a user's own credentials: not a raw hostile Authorization value.
+        let honest_catalog = is_catalog(&case) && case.authorization.is_some() == case.user.is_some();
         if mode == Mode::Token {
             // A control whose raw credentials carry no token is challenged in token mode.
             if expect == Expect::Allow && case.user.is_none() && case.authorization.is_some() {
@@ -378,9 +400,26 @@ fn replay_through_nginx(
         }
         replayed += 1;
         let before = allowed()?;
-        let (status, private) = replay(client_address(index), address, &client_request(&case, address))?;
+        let (status, private, body) = replay(client_address(index), address, &client_request(&case, address))?;
         let after = allowed()?;
         *statuses.entry(status).or_default() += 1;
+        if honest_catalog {
+            let listed = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| serde_json::from_value::<Vec<String>>(json["repositories"].clone()).ok());
+            let expected = catalog_view(case.user.as_deref());
+            let same = match (&listed, &expected) {
+                (Some(listed), Some(expected)) => listed.iter().map(String::as_str).eq(expected.iter().copied()),
+                _ => false,
+            };
+            if status != 200 || !same || private {
+                failures.push(format!(
+                    "{}: catalog answered {status} {listed:?}, expected {expected:?}",
+                    case.origin
+                ));
+            }
+            continue;
+        }
         let problem = match expect {
             Expect::Allow if !(200..300).contains(&status) => Some(format!("control answered {status}")),
             Expect::Allow if after != before + 1.0 => Some("control not allowed by csel-auth".to_string()),
