@@ -208,6 +208,7 @@ fn serve_settings(args: ServeArgs) -> Result<ServeSettings, Error> {
             &url,
             section.as_ref().and_then(|s| s.timeout),
             section.as_ref().and_then(|s| s.catalog_cache),
+            section.as_ref().and_then(|s| s.ca_file.as_deref()),
         )),
         (None, Some(section)) => Some(crate::registry::RegistrySettings::from_section(section)),
         (None, None) => None,

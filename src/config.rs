@@ -125,6 +125,8 @@ pub struct RegistrySection {
     /// How long the registry's repository list is reused for catalog requests.
     #[serde(default, deserialize_with = "duration")]
     pub catalog_cache: Option<Duration>,
+    /// PEM file with the CA certificate(s) trusted for an `https://` url (else the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[access_keys]`: the access keys file (see `crate::access_keys`), `serve --access-keys`.
@@ -171,6 +173,9 @@ pub struct OidcSection {
     /// For one fetch of `jwks_url`, connection included.
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
+    /// PEM file with the CA certificate(s) trusted for an `https://` `jwks_url` (else the
+    /// system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Durations are written as `90s`, `5m`, `1h 30m`, `7d`.
@@ -268,6 +273,10 @@ impl ConfigFile {
         }
         for oidc in &mut self.oidc {
             oidc.jwks_file.as_mut().map(resolve);
+            oidc.ca_file.as_mut().map(resolve);
+        }
+        if let Some(registry) = &mut self.registry {
+            registry.ca_file.as_mut().map(resolve);
         }
         if let Some(listen) = &mut self.listen {
             if let Some(socket) = listen.strip_prefix("unix:") {

@@ -191,10 +191,28 @@ impl OidcSettings {
             return Err(invalid("timeout", "must be longer than 0s".to_string()));
         }
         let source = match (&section.jwks_url, &section.jwks_file) {
-            (Some(url), None) => JwksSource::Url {
-                url: check_url(url).map_err(|e| invalid("jwks_url", e))?,
-                client: http_client(url, timeout).map_err(|e| invalid("jwks_url", e))?,
-            },
+            (Some(url), None) => {
+                let url = check_url(url).map_err(|e| invalid("jwks_url", e))?;
+                if section.ca_file.is_some() && !url.starts_with("https://") {
+                    return Err(invalid(
+                        "ca_file",
+                        "is for an https:// jwks_url; remove it, or fetch the keys over https".to_string(),
+                    ));
+                }
+                let client = crate::outbound::http_client(&crate::outbound::ClientSettings {
+                    timeout,
+                    no_proxy: reqwest::Url::parse(&url).is_ok_and(|u| u.host_str().is_some_and(is_loopback)),
+                    ca_file: section.ca_file.as_deref(),
+                })
+                .map_err(|e| invalid("ca_file", e))?;
+                JwksSource::Url { url, client }
+            }
+            (None, Some(_)) if section.ca_file.is_some() => {
+                return Err(invalid(
+                    "ca_file",
+                    "is for an https:// jwks_url; a jwks_file is read, not fetched".to_string(),
+                ))
+            }
             (None, Some(path)) => {
                 if path.as_os_str().is_empty() {
                     return Err(invalid("jwks_file", "is empty".to_string()));
@@ -447,23 +465,6 @@ fn check_url(text: &str) -> Result<String, String> {
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn http_client(url: &str, timeout: Duration) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        // A key set is served where it is published; a redirect could lead anywhere, even to
-        // plain http.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("csel-auth/", env!("CARGO_PKG_VERSION")));
-    if reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(is_loopback)) {
-        // An HTTP_PROXY meant for the outside must not catch a local sidecar.
-        builder = builder.no_proxy();
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot set up the HTTP client: {e}"))
 }
 
 #[cfg(test)]

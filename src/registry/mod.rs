@@ -38,6 +38,8 @@ pub struct RegistrySettings {
     url: String,
     pub timeout: Duration,
     pub catalog_ttl: Duration,
+    /// The only CA certificates trusted for an `https://` url (else the system's).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RegistrySettings {
@@ -46,6 +48,7 @@ impl RegistrySettings {
         url: &str,
         timeout: Option<Duration>,
         catalog_ttl: Option<Duration>,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<RegistrySettings, String> {
         let parsed =
             reqwest::Url::parse(url).map_err(|e| format!("url `{url}`: {e}; expected e.g. http://127.0.0.1:5001"))?;
@@ -64,15 +67,24 @@ impl RegistrySettings {
         if timeout.is_zero() {
             return Err("timeout: must be more than 0s".into());
         }
+        if ca_file.is_some() && parsed.scheme() != "https" {
+            return Err(format!("ca_file: is for an https:// url, and `{url}` is not one"));
+        }
         Ok(RegistrySettings {
             url: url.trim_end_matches('/').to_string(),
             timeout,
             catalog_ttl: catalog_ttl.unwrap_or(DEFAULT_CATALOG_TTL),
+            ca_file: ca_file.map(std::path::Path::to_path_buf),
         })
     }
 
     pub fn from_section(section: &crate::config::RegistrySection) -> Result<RegistrySettings, String> {
-        RegistrySettings::new(&section.url, section.timeout, section.catalog_cache)
+        RegistrySettings::new(
+            &section.url,
+            section.timeout,
+            section.catalog_cache,
+            section.ca_file.as_deref(),
+        )
     }
 
     pub fn url(&self) -> &str {
@@ -112,16 +124,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(settings: RegistrySettings) -> Result<Registry, String> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            // The registry answers where it is; a redirect would leave the address it was given.
-            .redirect(reqwest::redirect::Policy::none())
-            // The registry is on the inside: an HTTP_PROXY meant for the outside must not catch it.
-            .no_proxy()
-            .user_agent(concat!("csel-auth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let client = crate::outbound::http_client(&crate::outbound::ClientSettings {
+            timeout: settings.timeout,
+            // The registry is on the inside.
+            no_proxy: true,
+            ca_file: settings.ca_file.as_deref(),
+        })?;
         let catalog = CatalogCache::new(settings.catalog_ttl);
         Ok(Registry {
             settings,
@@ -174,7 +182,7 @@ mod tests {
 
     #[test]
     fn settings_take_an_address_and_nothing_else() {
-        let ok = RegistrySettings::new("http://127.0.0.1:5001/", None, None).unwrap();
+        let ok = RegistrySettings::new("http://127.0.0.1:5001/", None, None, None).unwrap();
         assert_eq!(ok.url(), "http://127.0.0.1:5001");
         assert_eq!(ok.timeout, DEFAULT_TIMEOUT);
         assert_eq!(ok.catalog_ttl, DEFAULT_CATALOG_TTL);
@@ -185,9 +193,9 @@ mod tests {
             "http://user@127.0.0.1:5001",
             "",
         ] {
-            let error = RegistrySettings::new(bad, None, None).unwrap_err();
+            let error = RegistrySettings::new(bad, None, None, None).unwrap_err();
             assert!(error.contains("url"), "{bad}: {error}");
         }
-        assert!(RegistrySettings::new("http://r", Some(Duration::ZERO), None).is_err());
+        assert!(RegistrySettings::new("http://r", Some(Duration::ZERO), None, None).is_err());
     }
 }

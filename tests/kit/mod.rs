@@ -30,6 +30,7 @@ pub mod registry;
 pub mod service;
 pub mod slapd;
 pub mod stack;
+pub mod tls;
 pub mod wait;
 
 use std::io::Write;

@@ -69,7 +69,7 @@ impl Slapd {
         }
         let dir = TestDir::new("slapd")?;
         dir.mkdir("db")?;
-        make_certificates(dir.path())?;
+        super::tls::make_certificates(dir.path())?;
         dir.write("slapd.conf", slapd_conf(dir.path()))?;
         let mut server = Slapd {
             process: None,
@@ -277,78 +277,4 @@ access to *
   by * none
 "
     )
-}
-
-/// A CA, a server certificate it signs for 127.0.0.1 and localhost, and an unrelated CA.
-fn make_certificates(dir: &Path) -> Result<()> {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let ca_extensions = [
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ];
-    for (name, subject) in [("ca", "/CN=csel-auth test CA"), ("other-ca", "/CN=unrelated test CA")] {
-        let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
-        args.extend(ec);
-        args.extend(ca_extensions);
-        let key = format!("{name}.key");
-        let pem = format!("{name}.pem");
-        args.extend(["-keyout", &key, "-out", &pem]);
-        openssl(dir, &args)?;
-    }
-    let mut args = vec![
-        "req",
-        "-new",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ];
-    args.extend(ec);
-    openssl(dir, &args)?;
-    fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "2",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ],
-    )
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl")?;
-    if !output.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }

@@ -204,3 +204,57 @@ fn a_slash_prefix_is_reserved_for_the_issuer_and_fits_repository_paths() {
         200
     );
 }
+
+/// Keys fetched over https from an issuer whose certificate a private CA signed: trusted with
+/// `ca_file` naming that CA, and with no other; without `ca_file` the system's CAs do not know
+/// it. Untrusted keys are no keys: logins fail closed (503), and the log says why.
+#[test]
+fn an_https_key_set_is_trusted_through_its_ca_file_only() {
+    let key = SigningKey::rsa("gh-1");
+    let dir = tempfile::tempdir().unwrap();
+    crate::kit::tls::make_certificates(dir.path()).unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&key.jwk])).unwrap();
+    let server = crate::kit::tls::HttpsFiles::start(dir.path()).unwrap();
+    let token = key.sign(&github_claims("octo-org/app"));
+    let with_ca = |ca_file: Option<&str>| {
+        let setup = Setup::new(RULES);
+        let ca = ca_file.map_or(String::new(), |name| {
+            format!("ca_file = {:?}\n", dir.path().join(name).display().to_string())
+        });
+        let config = format!(
+            "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[[oidc]]\nissuer = {GITHUB:?}\n\
+             audience = {AUDIENCE:?}\njwks_url = {:?}\nusername_claim = \"repository\"\n\
+             username_prefix = \"github:\"\ntimeout = \"2s\"\n{ca}",
+            server.url("jwks.json")
+        );
+        let path = setup.path("csel-auth.toml");
+        std::fs::write(&path, config).unwrap();
+        setup.config_file(path).start()
+    };
+
+    let trusted = with_ca(Some("ca.pem"));
+    let response = wait_for(Duration::from_secs(10), "the https key set to be fetched", || {
+        let response = trusted.auth("PUT", CI, Some(("x", &token)));
+        (response.status != 503).then_some(response)
+    });
+    assert_eq!(response.status, 200, "{}", trusted.log());
+    assert_eq!(response.header("x-auth-user"), Some("github:octo-org/app"));
+
+    for ca_file in [Some("other-ca.pem"), None] {
+        let untrusted = with_ca(ca_file);
+        let url = server.url("jwks.json");
+        wait_for(Duration::from_secs(10), "a log line on the untrusted key set", || {
+            untrusted
+                .log()
+                .lines()
+                .find(|l| l.contains(&url) && l.contains("UnknownIssuer"))
+                .map(str::to_string)
+        });
+        assert_eq!(
+            untrusted.auth("PUT", CI, Some(("x", &token))).status,
+            503,
+            "{ca_file:?}: {}",
+            untrusted.log()
+        );
+    }
+}
