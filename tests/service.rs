@@ -1254,3 +1254,47 @@ fn a_tag_push_is_refused_when_the_registry_cannot_say() {
         1.0
     );
 }
+
+/// The registry's own address over https, its certificate from a private CA: trusted with
+/// `[registry] ca_file` naming that CA, and not with another. Untrusted, the tag check and the
+/// catalog refuse (503) rather than go on without the registry's answer.
+#[test]
+fn an_https_registry_is_trusted_through_its_ca_file_only() {
+    let registry = crate::kit::registry::Registry::start_tls().unwrap();
+    registry.add_empty_repositories("releases/app", 2).unwrap();
+    let rules = crate::kit::files::example("protected-tags.rules").unwrap();
+    let with_ca = |ca_file: &Path| {
+        let setup = Setup::new(&rules);
+        let config = format!(
+            "rules = \"registry.rules\"\nhtpasswd = \"users.htpasswd\"\n\n[registry]\nurl = \"https://{}\"\n\
+             timeout = \"2s\"\nca_file = {:?}\n",
+            registry.addr(),
+            ca_file.display().to_string()
+        );
+        let path = setup.path("csel-auth.toml");
+        write(&path, &config);
+        setup.config_file(path).start()
+    };
+    let admin = basic("admin-parente", &password("admin-parente"));
+    let v1 = "/v2/releases/app/manifests/v1";
+
+    let trusted = with_ca(&registry.ca_file());
+    // A new tag (the registry answers 404 over https): alice's `edit` creates it.
+    assert_eq!(trusted.auth_user("PUT", v1, "alice").status, 200, "{}", trusted.log());
+    assert_eq!(
+        trusted.metric("csel_auth_registry_tag_checks_total{result=\"new\"}"),
+        1.0
+    );
+    let catalog = trusted.request("GET", "/v2/_catalog", &[("Authorization", &admin)], b"");
+    assert_eq!(catalog.status, 200, "{}", trusted.log());
+    assert_eq!(
+        catalog.text(),
+        "{\"repositories\":[\"releases/app/00000\",\"releases/app/00001\"]}"
+    );
+
+    let untrusted = with_ca(&registry.other_ca_file());
+    assert_eq!(untrusted.auth_user("PUT", v1, "alice").status, 503);
+    untrusted.wait_for_log("UnknownIssuer", RELOAD_DEADLINE);
+    let catalog = untrusted.request("GET", "/v2/_catalog", &[("Authorization", &admin)], b"");
+    assert_eq!(catalog.status, 503, "{}", catalog.text());
+}

@@ -486,6 +486,27 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_goes_with_an_https_url_and_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = section();
+        s.ca_file = Some(dir.path().join("missing.pem"));
+        let message = error(&s);
+        assert!(
+            message.contains("ca_file") && message.contains("cannot read it"),
+            "{message}"
+        );
+        s.jwks_url = Some("http://127.0.0.1:8080/jwks".into());
+        assert!(
+            error(&s).contains("ca_file: is for an https:// jwks_url"),
+            "{}",
+            error(&s)
+        );
+        s.jwks_url = None;
+        s.jwks_file = Some(dir.path().join("keys.json"));
+        assert!(error(&s).contains("a jwks_file is read, not fetched"), "{}", error(&s));
+    }
+
+    #[test]
     fn defaults_fill_a_minimal_section() {
         let settings = OidcSettings::from_section(&section()).unwrap();
         assert_eq!(settings.username_claim, Claim::Name("sub".into()));

@@ -197,5 +197,10 @@ mod tests {
             assert!(error.contains("url"), "{bad}: {error}");
         }
         assert!(RegistrySettings::new("http://r", Some(Duration::ZERO), None, None).is_err());
+        let ca = std::path::Path::new("/etc/csel-auth/registry-ca.pem");
+        let error = RegistrySettings::new("http://r", None, None, Some(ca)).unwrap_err();
+        assert!(error.contains("ca_file: is for an https:// url"), "{error}");
+        let https = RegistrySettings::new("https://r:5001", None, None, Some(ca)).unwrap();
+        assert_eq!(https.ca_file.as_deref(), Some(ca));
     }
 }

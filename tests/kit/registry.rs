@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,25 +27,59 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Serving https only, with a certificate for 127.0.0.1 from a CA of its own
+    /// ([`Registry::ca_file`]; [`Registry::other_ca_file`] is an unrelated one). The plain-http
+    /// helpers of this type do not reach it.
+    pub fn start_tls() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Self> {
         let program = require_program("docker-registry")?;
         start_on_free_port("docker-registry", || {
             let dir = TestDir::new("registry")?;
             let addr = free_addr();
             let storage = dir.mkdir("storage")?;
-            let config = dir.write("config.yml", registry_config(addr, &storage))?;
+            let tls_section = if tls {
+                super::tls::make_certificates(dir.path())?;
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    dir.join("server.pem").display(),
+                    dir.join("server.key").display()
+                )
+            } else {
+                String::new()
+            };
+            let config = dir.write("config.yml", registry_config(addr, &storage, &tls_section))?;
             let mut command = Command::new(&program);
             command.arg("serve").arg(&config);
             let mut process =
                 ProcessGuard::spawn("docker-registry", command, &dir.join("registry.log"), Signal::SIGTERM)?;
             let target = Endpoint::Tcp(addr);
-            match process.wait_ready("the registry to answer GET /v2/ with 200", START_TIMEOUT, || {
-                target.get("/v2/").is_ok_and(|r| r.status == 200)
-            }) {
+            // Over https the plain-http probe cannot ask; a connection accepted is enough.
+            let ready = || match tls {
+                true => std::net::TcpStream::connect(addr).is_ok(),
+                false => target.get("/v2/").is_ok_and(|r| r.status == 200),
+            };
+            match process.wait_ready("the registry to listen", START_TIMEOUT, ready) {
                 Ok(()) => Ok(Started::Ready(Registry { addr, process, dir })),
                 Err(err) if port_in_use(&process.log()) => Ok(Started::PortTaken(format!("{err:#}"))),
                 Err(err) => Err(err),
             }
         })
+    }
+
+    /// The CA of a [`Registry::start_tls`] registry's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A CA that signed nothing of this registry's.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.join("other-ca.pem")
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -110,13 +144,13 @@ impl Registry {
     }
 }
 
-fn registry_config(addr: SocketAddr, storage: &Path) -> String {
+fn registry_config(addr: SocketAddr, storage: &Path, tls_section: &str) -> String {
     format!(
         "version: 0.1\n\
          log:\n  level: info\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
          maintenance:\n    uploadpurging:\n      enabled: false\n\
-         http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n\
+         http:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\n{tls_section}\
          health:\n  storagedriver:\n    enabled: false\n",
         storage = storage.display()
     )
