@@ -916,6 +916,67 @@ grant * on other to alice
         );
         assert_eq!(get_token(&service, "ci-bot", &robot).status, 401);
     }
+
+    /// A key's refresh token (`--refresh-tokens`) lasts no longer than the key: refreshing
+    /// works while the key is in force, not once the file gives the key to another user, nor
+    /// once it is revoked; its access tokens end at the same moments.
+    #[test]
+    fn a_keys_refresh_token_ends_with_the_key_or_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("access.keys");
+        let robot = create(&keys, "ci-bot", &["--id", "ci-bot-push", "--actions", "push"]);
+        let service = Setup::new(RULES)
+            .access_keys(&keys)
+            .token_realm(dir.path().join("token.key"))
+            .arg("--refresh-tokens")
+            .start();
+        let post = |form: String| {
+            service.request(
+                "POST",
+                "/token",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                form.as_bytes(),
+            )
+        };
+        let offline = post(format!(
+            "grant_type=password&service=test-registry&client_id=t&access_type=offline&username=ci-bot&password={robot}"
+        ));
+        let access = token_of(&offline);
+        let refresh = offline.json()["refresh_token"].as_str().unwrap_or_default().to_string();
+        assert!(!refresh.is_empty(), "{}", offline.text());
+        let refresh_form = || {
+            format!(
+                "grant_type=refresh_token&refresh_token={refresh}&service=test-registry&client_id=t&\
+                 scope=repository:team-app/web:pull,push"
+            )
+        };
+        let renewed = token_of(&post(refresh_form()));
+        assert_eq!(service.auth_bearer("PUT", APP, &renewed).status, 200);
+
+        // The same key line, handed to another user (only its owner changed).
+        let text = std::fs::read_to_string(&keys).unwrap();
+        let moved = text.replace("user=ci-bot", "user=alice");
+        assert_ne!(moved, text);
+        crate::kit::files::write_and_rename(&keys, &moved);
+        wait_for(DEADLINE, "the key's tokens to end with its owner", || {
+            (service.auth_bearer("PUT", APP, &access).status == 401).then_some(())
+        });
+        assert_eq!(service.auth_bearer("PUT", APP, &renewed).status, 401);
+        let refused = post(refresh_form());
+        assert_eq!(refused.status, 401, "{}", refused.text());
+        service.wait_for_log("access key ci-bot-push belongs to another user", DEADLINE);
+
+        // Back to its owner, then revoked.
+        crate::kit::files::write_and_rename(&keys, &text);
+        wait_for(DEADLINE, "the key's owner to be back", || {
+            (post(refresh_form()).status == 200).then_some(())
+        });
+        revoke(&keys, "ci-bot-push");
+        wait_for(DEADLINE, "the revoked key's refresh token to end", || {
+            (post(refresh_form()).status == 401).then_some(())
+        });
+        assert_eq!(service.auth_bearer("PUT", APP, &access).status, 401);
+    }
 }
 
 #[test]
