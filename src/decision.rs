@@ -606,7 +606,8 @@ pub(crate) fn explain(
     let (decision, answer) = decide_and_answer_for(rules, subject, credential, token_mode, request, key);
     let key = key.map(|k| {
         let owner_allowed = decide_for(rules, subject, request);
-        let check = (owner_allowed.allowed && owner_allowed.reason != Reason::PingForUsers)
+        let consulted = owner_allowed.allowed || owner_allowed.tag_check.is_some();
+        let check = (consulted && owner_allowed.reason != Reason::PingForUsers)
             .then(|| inside_scope(&owner_allowed, k.scope, user, request));
         (k.id.to_string(), k.scope.to_string(), check)
     });
