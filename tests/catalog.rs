@@ -10,7 +10,6 @@ use crate::kit::basic;
 use crate::kit::files::{write, write_and_rename};
 use crate::kit::http::Response;
 use crate::kit::password;
-use crate::kit::ports::free_port;
 use crate::kit::registry::Registry;
 use crate::kit::service::{CselAuth, Setup};
 use crate::kit::stack::RELOAD_TIMEOUT;
@@ -315,12 +314,9 @@ fn token_mode_challenges_then_lists_for_the_token_holder() {
 
 #[test]
 fn the_registry_down_slow_or_in_error_is_a_503_never_a_list() {
-    // Down: nothing listens on the port.
-    let closed = free_port();
-    let service = Setup::new(RULES)
-        .arg("--registry")
-        .arg(&format!("http://127.0.0.1:{closed}"))
-        .start();
+    // Down: nothing listens on port 1 (privileged, and no test's server; a free port picked
+    // now could be taken by another test's server before the request).
+    let service = Setup::new(RULES).registry("http://127.0.0.1:1").start();
     for user in [None, Some("alice"), Some("admin-parente")] {
         assert_error(
             &list(&service, user, ""),

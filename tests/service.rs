@@ -1229,8 +1229,9 @@ fn a_tag_push_is_refused_when_the_registry_cannot_say() {
         assert_eq!(without.auth_user(method, uri, "alice").status, 200, "{method} {uri}");
     }
 
-    let closed = crate::kit::ports::free_addr();
-    let unreachable = Setup::new(&rules).registry(&format!("http://{closed}")).start();
+    // Port 1: privileged, and nothing of the tests listens there (a free port picked now could
+    // be taken by another test's server before the check).
+    let unreachable = Setup::new(&rules).registry("http://127.0.0.1:1").start();
     assert_eq!(unreachable.auth_user("PUT", v1, "alice").status, 503);
     unreachable.wait_for_log("whether tag v1 of releases/app exists is unknown", RELOAD_DEADLINE);
     assert_eq!(
