@@ -637,6 +637,22 @@ username_prefix = "k8s:"
     }
 
     #[test]
+    fn the_example_registry_section_parses_once_uncommented() {
+        let example = include_str!("../examples/csel-auth.toml");
+        let start = example.find("# [registry]").expect("the example documents [registry]");
+        let end = example[start..].find("\n\n").map_or(example.len(), |at| start + at);
+        let section: String = example[start..end]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        let registry = config.registry.expect("a [registry] section");
+        let settings = crate::registry::RegistrySettings::from_section(&registry).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.url(), "http://127.0.0.1:5001");
+    }
+
+    #[test]
     fn the_example_oidc_sections_parse_once_uncommented() {
         let example = include_str!("../examples/csel-auth.toml");
         let start = example.find("# [[oidc]]").expect("the example documents [[oidc]]");
