@@ -107,7 +107,9 @@ fn a_decision_that_turns_on_a_tag_names_the_case() {
         "{out}"
     );
     assert!(
-        out.contains("if it is new:  ALLOW (200): line 24: grant pull, add, edit on releases to @ci"),
+        out.contains(
+            "if it is new:  ALLOW (200): line 30: grant pull, add, edit on release_uploads, release_tags to @ci"
+        ),
         "{out}"
     );
 }
