@@ -636,33 +636,32 @@ username_prefix = "k8s:"
         assert_eq!(config.changed_keys(&other), vec!["[[oidc]]"]);
     }
 
-    #[test]
-    fn the_example_registry_section_parses_once_uncommented() {
+    /// The commented-out section of examples/csel-auth.toml that starts at `marker`, uncommented
+    /// and parsed: what an operator gets by removing the `# `.
+    fn example_section(marker: &str) -> ConfigFile {
         let example = include_str!("../examples/csel-auth.toml");
-        let start = example.find("# [registry]").expect("the example documents [registry]");
+        let start = example
+            .find(marker)
+            .unwrap_or_else(|| panic!("the example documents {marker}"));
         let end = example[start..].find("\n\n").map_or(example.len(), |at| start + at);
         let section: String = example[start..end]
             .lines()
             .map(|line| line.strip_prefix("# ").unwrap_or(line))
             .map(|line| format!("{line}\n"))
             .collect();
-        let config = ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
-        let registry = config.registry.expect("a [registry] section");
+        ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"))
+    }
+
+    #[test]
+    fn the_example_registry_section_parses_once_uncommented() {
+        let registry = example_section("# [registry]").registry.expect("a [registry] section");
         let settings = crate::registry::RegistrySettings::from_section(&registry).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(settings.url(), "http://127.0.0.1:5001");
     }
 
     #[test]
     fn the_example_oidc_sections_parse_once_uncommented() {
-        let example = include_str!("../examples/csel-auth.toml");
-        let start = example.find("# [[oidc]]").expect("the example documents [[oidc]]");
-        let end = example[start..].find("\n\n").map_or(example.len(), |at| start + at);
-        let section: String = example[start..end]
-            .lines()
-            .map(|line| line.strip_prefix("# ").unwrap_or(line))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        let config = ConfigFile::parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        let config = example_section("# [[oidc]]");
         let settings = crate::oidc::OidcSettings::from_sections(&config.oidc).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(settings.len(), 2);
         assert_eq!(settings[0].issuer(), "https://token.actions.githubusercontent.com");
