@@ -71,6 +71,28 @@ fn list(service: &CselAuth, user: Option<&str>, query: &str) -> Response {
     service.request("GET", &format!("/v2/_catalog{query}"), &headers, b"")
 }
 
+/// Every name of every page from `first_query` on, following `Link: <…>; rel="next"` until a
+/// page has none; a walk longer than `max_pages` pages fails the test.
+fn walk(service: &CselAuth, user: Option<&str>, first_query: &str, max_pages: usize) -> Vec<String> {
+    let credentials = user.map(|u| basic(u, &password(u)));
+    let headers: Vec<(&str, &str)> = credentials.iter().map(|c| ("Authorization", c.as_str())).collect();
+    let mut walked = Vec::new();
+    let mut target = format!("/v2/_catalog{first_query}");
+    for _ in 0..max_pages {
+        let response = service.request("GET", &target, &headers, b"");
+        walked.extend(names(&response, &target));
+        let Some(link) = response.header("link") else {
+            return walked;
+        };
+        target = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_else(|| panic!("link {link}"));
+    }
+    panic!("the walk from /v2/_catalog{first_query} did not end within {max_pages} pages: {walked:?}");
+}
+
 /// The repositories of a 200 answer, which must be the distribution format and carry the API
 /// version header.
 fn names(response: &Response, context: &str) -> Vec<String> {
@@ -171,27 +193,7 @@ fn pages_follow_n_last_and_link_and_bad_queries_are_refused() {
         Some(r#"</v2/_catalog?last=coolteam%2Fapp&n=2>; rel="next""#)
     );
     // Following the links walks the whole list once.
-    let mut walked = Vec::new();
-    let mut target = "/v2/_catalog?n=1".to_string();
-    for _ in 0..10 {
-        let response = service.request(
-            "GET",
-            &target,
-            &[("Authorization", &basic("alice", &password("alice")))],
-            b"",
-        );
-        walked.extend(names(&response, &target));
-        match response.header("link") {
-            None => break,
-            Some(link) => {
-                target = link
-                    .strip_prefix('<')
-                    .and_then(|l| l.split_once(">; rel=\"next\""))
-                    .map(|(t, _)| t.to_string())
-                    .unwrap_or_else(|| panic!("link {link}"))
-            }
-        }
-    }
+    let walked = walk(&service, Some("alice"), "?n=1", 10);
     assert_eq!(walked, alice_all);
 
     // `last` need not be in the list; n=0 is an empty page; the last page has no link.
@@ -379,23 +381,7 @@ fn the_registrys_pages_are_walked_and_its_list_is_reused() {
         "url = \"http://{}\"\ncatalog_cache = \"1h\"\n",
         registry.addr()
     ));
-    let mut walked = Vec::new();
-    let mut target = "/v2/_catalog?n=1000".to_string();
-    loop {
-        let response = service.request("GET", &target, &[], b"");
-        walked.extend(names(&response, &target));
-        match response.header("link") {
-            None => break,
-            Some(link) => {
-                target = link
-                    .strip_prefix('<')
-                    .and_then(|l| l.split_once('>'))
-                    .map(|(t, _)| t.to_string())
-                    .unwrap_or_else(|| panic!("link {link}"))
-            }
-        }
-        assert!(walked.len() <= 2345, "the walk does not end");
-    }
+    let walked = walk(&service, None, "?n=1000", 10);
     let expected: Vec<String> = (0..2345).map(|i| format!("library/r/{i:05}")).collect();
     assert_eq!(walked, expected);
     // Three pages, one walk of the registry (three of its pages).
